@@ -1,0 +1,92 @@
+"""Pure functions for the decoder's math: RMSNorm, RoPE, grouped-query attention and SwiGLU."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from sphere_jax.models.config import ModelConfig
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm computed in fp32 and cast back to the input dtype, as the HF models do."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (normed * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_inverse_frequencies(cfg: ModelConfig) -> jax.Array:
+    """Return the RoPE inverse frequencies, [head_dim // 2] fp32, with linear or Llama 3 scaling."""
+    exponents = jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta**exponents)
+    scaling = cfg.rope_scaling
+    if scaling.rope_type == "linear":
+        return inv_freq / scaling.factor
+    if scaling.rope_type == "llama3":
+        # Llama 3.1: keep high frequencies, divide low ones by `factor`, blend in between.
+        low_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
+        high_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor) / (
+            scaling.high_freq_factor - scaling.low_freq_factor
+        )
+        blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+        scaled = jnp.where(wavelen > low_wavelen, inv_freq / scaling.factor, blended)
+        return jnp.where(wavelen < high_wavelen, inv_freq, scaled)
+    return inv_freq
+
+
+def rope_tables(positions: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Return cos and sin tables [batch, length, head_dim] fp32 for integer positions [batch, length]."""
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate x [batch, length, heads, head_dim] by position (the HF half-split convention)."""
+    half = x.shape[-1] // 2
+    x32 = x.astype(jnp.float32)
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out.astype(x.dtype)
+
+
+def attention_mask(kv_valid: jax.Array, query_length: int, cache_offset: jax.Array | int) -> jax.Array:
+    """Build the causal and padding mask [batch, query_length, kv_length] as booleans.
+
+    Query i sits at cache slot `cache_offset + i` and sees key slot s when s is at or before it
+    and `kv_valid[b, s]` is true.
+    """
+    kv_length = kv_valid.shape[1]
+    query_slots = cache_offset + jnp.arange(query_length)[:, None]  # [T, 1]
+    key_slots = jnp.arange(kv_length)[None, :]  # [1, S]
+    causal = key_slots <= query_slots  # [T, S]
+    return causal[None, :, :] & kv_valid[:, None, :]
+
+
+def grouped_query_attention(
+    q: jax.Array,  # [B, T, H, D]
+    k: jax.Array,  # [B, S, K, D]
+    v: jax.Array,  # [B, S, K, D]
+    mask: jax.Array,  # [B, T, S] bool
+) -> jax.Array:
+    """Scaled dot-product attention with H query heads sharing K key/value heads; returns [B, T, H, D]."""
+    batch, length, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    groups = heads // kv_heads
+    q = q.reshape(batch, length, kv_heads, groups, head_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores / math.sqrt(head_dim)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(batch, length, heads, head_dim)
+
+
+def swiglu(x: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array) -> jax.Array:
+    """SwiGLU MLP: down(silu(x @ gate) * (x @ up)) with kernels [E, F], [E, F], [F, E]."""
+    hidden = jax.nn.silu(x @ gate) * (x @ up)
+    return hidden @ down

@@ -1,0 +1,43 @@
+"""Run an evaluation end to end: evaluate, write the reports and records, print the table."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sphere_jax.evaluation.config import EvalConfig
+from sphere_jax.evaluation.generator import Generator
+from sphere_jax.evaluation.harness import BenchmarkResult, evaluate
+from sphere_jax.evaluation.report import format_table, write_results
+from sphere_jax.grading import AnswerChecker
+
+logger = logging.getLogger(__name__)
+
+
+def run_evaluation(
+    config: EvalConfig,
+    generator: Generator,
+    tokenizer: Any,
+    output_dir: str | Path,
+    *,
+    checker: AnswerChecker | None = None,
+) -> list[BenchmarkResult]:
+    """Evaluate every benchmark, write ``<slug>.json`` and ``<slug>.jsonl`` to ``output_dir`` and print a table.
+
+    Args:
+        config: Evaluation settings.
+        generator: The sampler.
+        tokenizer: A tokenizer with the model's chat template.
+        output_dir: Folder for the reports and records; created if missing.
+        checker: An open checker to reuse; None opens one for this run.
+
+    Returns:
+        The results, in the order of ``config.benchmarks``.
+    """
+    results = evaluate(config, generator, tokenizer, checker=checker)
+    paths = write_results(results, output_dir)
+    for report_path, records_path in paths:
+        logger.info("Wrote %s and %s", report_path, records_path)
+    print(format_table([result.report for result in results]))
+    return results

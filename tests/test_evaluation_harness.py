@@ -132,7 +132,7 @@ def test_greedy_gsm8k_report_and_records(tokenizer, checker):
     assert report["accuracy"]["ci_method"] == "wilson"
     assert (report["accuracy"]["ci_low"], report["accuracy"]["ci_high"]) == pytest.approx(wilson_interval(4, 6))
     assert report["confidence"] == 0.95
-    assert report["verdicts"] == {"equal": 4, "not_equal": 1, "unparsable": 1}
+    assert report["verdicts"] == {"equal": 4, "not_equal": 1, "unparsable": 1, "timed_out": 0}
     assert report["settings"]["mode"] == "greedy"
     assert report["settings"]["prompt"]["system"] == SYSTEM
     assert report["data"]["rows_read"] == 1319
@@ -195,7 +195,7 @@ def test_sampled_math500_pass_and_majority(tokenizer, checker):
     assert records[problems[1].id]["metrics"]["maj@4"] == 1.0
     assert records[problems[1].id]["metrics"]["maj@1"] == 0.0
     assert report["metrics"]["maj@4"]["value"] == pytest.approx(1 / 3)
-    assert report["verdicts"] == {"equal": 3, "not_equal": 8, "unparsable": 1}
+    assert report["verdicts"] == {"equal": 3, "not_equal": 8, "unparsable": 1, "timed_out": 0}
 
     assert list(report["by_level"]) == ["2", "3", "5"]
     assert report["by_level"]["5"]["pass@4"]["value"] == 1.0
@@ -276,3 +276,14 @@ def test_eval_config_from_dict():
     assert config.to_dict()["ks"] == [1, 8]
     with pytest.raises(ValueError, match=r"Unknown evaluation settings \['temprature'\]"):
         EvalConfig.from_dict({"temprature": 0.5})
+
+
+def test_empty_benchmark_reports_no_accuracy(tokenizer, checker):
+    problems = load_problems("gsm8k:test", limit=0)
+    generator = ScriptedGenerator(tokenizer, problems, GSM8K_OUTPUTS)
+    result = evaluate_benchmark(problems, generator, tokenizer, EvalConfig(), checker)
+    assert result.records == []
+    assert result.report["num_problems"] == 0
+    assert result.report["accuracy"]["value"] is None
+    assert result.report["verdicts"] == {"equal": 0, "not_equal": 0, "unparsable": 0, "timed_out": 0}
+    assert "pass@1  -      -" in format_table([result.report])

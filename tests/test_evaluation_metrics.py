@@ -146,7 +146,7 @@ def test_summarize_groups_and_verdicts():
     assert summary["accuracy"]["value"] == pytest.approx(0.5)
     assert summary["accuracy"]["ci_method"] == "wilson"
     assert list(summary["metrics"]) == ["pass@1"]
-    assert summary["verdicts"] == {"equal": 2, "not_equal": 1, "unparsable": 1}
+    assert summary["verdicts"] == {"equal": 2, "not_equal": 1, "unparsable": 1, "timed_out": 0}
     assert list(summary["by_level"]) == ["3", "5"]
     assert summary["by_level"]["5"]["pass@1"]["value"] == pytest.approx(0.5)
     assert summary["by_level"]["5"]["pass@1"]["problems"] == 2

@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sphere_jax.data import ProblemSet, load_problems
+from sphere_jax.data import Problem, ProblemSet, load_problems
 from sphere_jax.evaluation.config import EvalConfig
 from sphere_jax.evaluation.generator import GeneratedText, Generator
 from sphere_jax.evaluation.prompts import build_prompt
@@ -144,7 +144,7 @@ def _generate_all(generator: Generator, prompts: Sequence[str], config: EvalConf
 
 
 def _check_all(
-    checker: AnswerChecker, problems: Sequence[Any], answers: Sequence[Sequence[str | None]]
+    checker: AnswerChecker, problems: Sequence[Problem], answers: Sequence[Sequence[str | None]]
 ) -> list[list[Verdict]]:
     """Check every extracted answer in one batch; answers that were not found get ``unparsable``."""
     pairs = []
@@ -164,7 +164,7 @@ def _check_all(
 
 
 def _record(
-    problem: Any,
+    problem: Problem,
     prompt: str,
     samples: Sequence[GeneratedText],
     answers: Sequence[str | None],

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sphere_jax.evaluation.harness import BenchmarkResult
-
-VERDICT_REASONS = ("equal", "not_equal", "unparsable", "timed_out")
+from sphere_jax.grading.verdict import REASONS
 
 
 def benchmark_slug(spec: str) -> str:
@@ -47,7 +46,7 @@ def write_results(results: Sequence[BenchmarkResult], output_dir: str | Path) ->
 
 def format_table(reports: Sequence[dict[str, Any]]) -> str:
     """Format one row per benchmark and metric: value, 95% interval, verdict counts, tokens and time."""
-    header = ["benchmark", "problems", "metric", "value", "95% CI", *VERDICT_REASONS, "gen tokens", "time s"]
+    header = ["benchmark", "problems", "metric", "value", "95% CI", *REASONS, "gen tokens", "time s"]
     rows = [header]
     for report in reports:
         verdicts = report["verdicts"]
@@ -60,7 +59,7 @@ def format_table(reports: Sequence[dict[str, Any]]) -> str:
                     name,
                     _percent(metric["value"]),
                     f"{_percent(metric['ci_low'])}-{_percent(metric['ci_high'])}" if metric["value"] is not None else "-",
-                    *[str(verdicts.get(reason, 0)) if first else "" for reason in VERDICT_REASONS],
+                    *[str(verdicts.get(reason, 0)) if first else "" for reason in REASONS],
                     str(report["tokens"]["generated"]) if first else "",
                     f"{report['time_s']['total']:.1f}" if first else "",
                 ]

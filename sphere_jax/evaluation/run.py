@@ -25,6 +25,10 @@ def run_evaluation(
 ) -> list[BenchmarkResult]:
     """Evaluate every benchmark, write ``<slug>.json`` and ``<slug>.jsonl`` to ``output_dir`` and print a table.
 
+    The answer checker starts worker processes with the 'spawn' method, which re-imports the
+    main module, so a script that calls this must guard its entry point with
+    ``if __name__ == "__main__":``.
+
     Args:
         config: Evaluation settings.
         generator: The sampler.

@@ -10,6 +10,7 @@ from typing import Any
 from sphere_jax.data.problem import Problem
 from sphere_jax.evaluation.metrics import majority_vote, mean_interval, pass_at_k, wilson_interval
 from sphere_jax.grading import Verdict
+from sphere_jax.grading.verdict import REASONS
 
 CONFIDENCE = 0.95
 
@@ -104,7 +105,7 @@ def summarize(scores: Sequence[ProblemScore], mode: str, ks: Sequence[int]) -> d
     Returns:
         A dict with ``num_problems``, ``confidence``, ``metrics`` (each with value and interval),
         ``accuracy`` (the pass@1 entry), ``by_level``, ``by_subject`` and ``verdicts`` (count of
-        each verdict reason over all samples).
+        each verdict reason over all samples, zeros included).
     """
     names = [f"pass@{k}" for k in ks]
     if mode == "sample":
@@ -119,7 +120,7 @@ def summarize(scores: Sequence[ProblemScore], mode: str, ks: Sequence[int]) -> d
         "metrics": metrics,
         "by_level": _grouped(scores, names, lambda score: score.problem.level),
         "by_subject": _grouped(scores, names, lambda score: score.problem.subject),
-        "verdicts": dict(sorted(verdict_counts.items())),
+        "verdicts": {reason: verdict_counts.get(reason, 0) for reason in REASONS},
     }
 
 

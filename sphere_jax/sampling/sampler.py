@@ -1,0 +1,402 @@
+"""Jitted KV-cached sampler: bucketed prefill, prefix fan-out, and a while_loop decode.
+
+Shapes are padded up to a small fixed set of buckets (prompt length, rows, new tokens), so a
+stream of requests compiles at most once per bucket combination; `compile_count` counts traces.
+Model weights are arguments of the compiled functions, not constants, so one compilation serves
+the policy after every DPO update (`update_model`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sphere_jax.models.transformer import KVCache, Transformer, init_cache, positions_from_mask
+from sphere_jax.sampling import stops
+from sphere_jax.sampling.filters import sample_tokens
+from sphere_jax.sampling.params import SamplingError, SamplingParams
+
+log = logging.getLogger(__name__)
+
+RUNNING, EOS, STOP_STRING, LENGTH = 0, 1, 2, 3
+FINISH_REASONS = {EOS: "eos", STOP_STRING: "stop", LENGTH: "length"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """One sampled continuation.
+
+    `token_ids` and `logprobs` cover every generated token, the final EOS or stop-string token
+    included; `text` excludes an EOS token and is cut before the stop string.
+    """
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]  # log p(token | prefix) at temperature 1, unfiltered, fp32
+    finish_reason: str  # "eos", "stop" or "length"
+    prompt_index: int
+    sample_index: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """Buckets and limits. Shapes round up to the next bucket; each combination compiles once."""
+
+    max_cache_length: int = 4096  # prompt plus new tokens, per row
+    prompt_buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+    new_token_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    max_top_k: int = 256  # candidates considered when top-k or top-p is on
+
+
+def _bucket(value: int, buckets: Sequence[int], what: str) -> int:
+    for bucket in buckets:
+        if value <= bucket:
+            return bucket
+    raise SamplingError(f"{what}={value} exceeds the largest bucket {buckets[-1]}; add a larger bucket")
+
+
+class Sampler:
+    """Generate text from a decoder with per-row settings, stop strings and prefix fan-out.
+
+    Args:
+        model: the decoder; its weights can later be swapped with `update_model`.
+        tokenizer: an HF tokenizer of the model.
+        stop_strings: strings that end a row when the generated text completes them.
+        mesh: optional device mesh; rows are split over its "data" and "fsdp" axes and weights
+            placed by `sphere_jax.training.mesh` rules. Without a mesh everything runs on the
+            default device.
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Any,
+        *,
+        stop_strings: Sequence[str] = (),
+        eos_token_ids: Sequence[int] | None = None,
+        config: SamplerConfig = SamplerConfig(),
+        mesh: Mesh | None = None,
+    ):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.model_config = model.cfg
+        self.vocab_size = model.cfg.vocab_size
+        self.mesh = mesh
+        self.stop_strings = tuple(stop_strings)
+        eos = set(eos_token_ids if eos_token_ids is not None else model.cfg.eos_token_ids)
+        if tokenizer is not None and tokenizer.eos_token_id is not None and eos_token_ids is None:
+            eos.add(int(tokenizer.eos_token_id))
+        if not eos:
+            raise SamplingError("no EOS token id: pass eos_token_ids or use a config that defines eos_token_id")
+        self.eos_token_ids = tuple(sorted(eos))
+        self.pad_id = int(model.cfg.pad_token_id if model.cfg.pad_token_id is not None else self.eos_token_ids[0])
+        self.compile_count = 0
+        self._graphdef, state = nnx.split(model)
+        self._state = self._place_state(state)
+        started = time.perf_counter()
+        texts = stops.token_texts(tokenizer, self.vocab_size) if self.stop_strings else []
+        tables, lengths = stops.stop_tables(texts, self.stop_strings) if self.stop_strings else (
+            np.zeros((0, 1, self.vocab_size), np.int16),
+            np.zeros((0,), np.int16),
+        )
+        self._stop_tables = jnp.asarray(tables)
+        self._stop_lengths = jnp.asarray(lengths)
+        if self.stop_strings:
+            log.info("built stop-string tables for %s in %.2f s", self.stop_strings, time.perf_counter() - started)
+        self._prefill = jax.jit(self._prefill_impl, static_argnames=("cache_length",))
+        self._fan_out = jax.jit(self._fan_out_impl)
+        self._decode = jax.jit(self._decode_impl, static_argnames=("prompt_slots", "steps"), donate_argnames=("cache",))
+
+    # ------------------------------------------------------------------------------------
+    # Weights and placement
+
+    def update_model(self, model: Transformer) -> None:
+        """Serve new weights of the same architecture without recompiling."""
+        graphdef, state = nnx.split(model)
+        if graphdef != self._graphdef:
+            raise SamplingError("update_model needs a model of the same structure as the sampler's")
+        self._state = self._place_state(state)
+
+    def _place_state(self, state: Any) -> Any:
+        if self.mesh is None:
+            return state
+        from sphere_jax.models.sharding import shard_state
+
+        return shard_state(state, self.mesh)
+
+    def _rows_sharding(self, ndim: int) -> NamedSharding | None:
+        if self.mesh is None:
+            return None
+        spec = PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1)))
+        return NamedSharding(self.mesh, spec)
+
+    def _put_rows(self, array: np.ndarray) -> jax.Array:
+        sharding = self._rows_sharding(array.ndim)
+        return jnp.asarray(array) if sharding is None else jax.device_put(array, sharding)
+
+    # ------------------------------------------------------------------------------------
+    # Compiled parts
+
+    def _prefill_impl(self, state, tokens, valid, *, cache_length: int):
+        """Prefill prompts [U, P]; return last-position logits [U, V] and a cache of cache_length."""
+        self.compile_count += 1  # runs only while tracing
+        model = nnx.merge(self._graphdef, state)
+        cache = init_cache(model.cfg, tokens.shape[0], cache_length)
+        kv_valid = jnp.pad(valid, ((0, 0), (0, cache_length - tokens.shape[1])))
+        hidden, cache = model.hidden_states(tokens, positions_from_mask(valid), kv_valid, cache, 0)
+        logits = jnp.einsum("be,ev->bv", hidden[:, -1], model.output_embedding(), preferred_element_type=jnp.float32)
+        return logits, cache
+
+    def _fan_out_impl(self, cache: KVCache, logits, valid, row_to_prompt):
+        """Copy each prompt's cache, logits and mask into the rows that sample it."""
+        self.compile_count += 1
+        return (
+            KVCache(jnp.take(cache.k, row_to_prompt, axis=1), jnp.take(cache.v, row_to_prompt, axis=1)),
+            jnp.take(logits, row_to_prompt, axis=0),
+            jnp.take(valid, row_to_prompt, axis=0),
+        )
+
+    def _decode_impl(
+        self,
+        state,
+        cache: KVCache,
+        logits,  # [B, V] fp32, next-token logits after the prompt
+        prompt_valid,  # [B, P] bool
+        temperature,  # [B]
+        top_k,  # [B]
+        top_p,  # [B]
+        keys,  # [B] PRNG keys
+        max_new_tokens,  # [B] int32; 0 marks a padding row
+        use_stops,  # [B] bool: whether stop strings end this row
+        *,
+        prompt_slots: int,
+        steps: int,
+    ):
+        self.compile_count += 1
+        model = nnx.merge(self._graphdef, state)
+        batch = logits.shape[0]
+        eos_ids = jnp.asarray(self.eos_token_ids, jnp.int32)
+        stop_tables, stop_lengths = self._stop_tables, self._stop_lengths
+        prompt_lengths = prompt_valid.sum(axis=1).astype(jnp.int32)
+        kv_valid = jnp.pad(prompt_valid, ((0, 0), (0, cache.length - prompt_slots)))
+
+        def cond(carry):
+            step, done = carry["step"], carry["done"]
+            return (step < steps) & ~jnp.all(done)
+
+        def body(carry):
+            step = carry["step"]
+            uniform = jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, step)))(keys)
+            logits = carry["logits"]
+            token = sample_tokens(logits, temperature, top_k, top_p, uniform, self.config.max_top_k)
+            logprob = jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
+            active = ~carry["done"]
+            token = jnp.where(active, token, self.pad_id)
+            tokens_out = carry["tokens"].at[:, step].set(token)
+            logprobs_out = carry["logprobs"].at[:, step].set(jnp.where(active, logprob, 0.0))
+
+            is_eos = jnp.isin(token, eos_ids)
+            stop_state = stop_tables[jnp.arange(stop_tables.shape[0])[None, :], carry["stop_state"], token[:, None]]
+            hit_stop = jnp.any(stop_state == stop_lengths[None, :], axis=-1) & use_stops
+            hit_length = step + 1 >= max_new_tokens
+            finished = active & (is_eos | hit_stop | hit_length)
+            reason = jnp.where(is_eos, EOS, jnp.where(hit_stop, STOP_STRING, LENGTH))
+            done = carry["done"] | finished
+
+            kv = carry["kv_valid"].at[:, prompt_slots + step].set(True)
+
+            def forward(cache):
+                positions = (prompt_lengths + step)[:, None]
+                out, cache = model(token[:, None], positions, kv, cache, prompt_slots + step)
+                return out[:, 0], cache
+
+            # The last step's forward would be thrown away: skip it once every row is done.
+            next_logits, next_cache = jax.lax.cond(
+                jnp.all(done) | (step + 1 >= steps), lambda c: (logits, c), forward, carry["cache"]
+            )
+            return {
+                "step": step + 1,
+                "cache": next_cache,
+                "logits": next_logits,
+                "kv_valid": kv,
+                "done": done,
+                "reason": jnp.where(finished, reason, carry["reason"]),
+                "length": jnp.where(finished, step + 1, carry["length"]),
+                "tokens": tokens_out,
+                "logprobs": logprobs_out,
+                "stop_state": stop_state,
+            }
+
+        carry = {
+            "step": jnp.int32(0),
+            "cache": cache,
+            "logits": logits,
+            "kv_valid": kv_valid,
+            "done": max_new_tokens <= 0,
+            "reason": jnp.zeros((batch,), jnp.int32),
+            "length": jnp.zeros((batch,), jnp.int32),
+            "tokens": jnp.full((batch, steps), self.pad_id, jnp.int32),
+            "logprobs": jnp.zeros((batch, steps), jnp.float32),
+            "stop_state": jnp.zeros((batch, stop_tables.shape[0]), jnp.int16),
+        }
+        out = jax.lax.while_loop(cond, body, carry)
+        # Returning the cache lets XLA run the loop in the donated input buffer.
+        return out["tokens"], out["logprobs"], out["length"], out["reason"], out["cache"]
+
+    # ------------------------------------------------------------------------------------
+    # Host side
+
+    def _encode(self, prompt: str | Sequence[int], index: int) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise SamplingError(f"prompt {index} is empty")
+            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        else:
+            ids = [int(t) for t in prompt]
+        if not ids:
+            raise SamplingError(f"prompt {index} is empty")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise SamplingError(f"prompt {index} has token ids outside [0, {self.vocab_size}): {bad[:5]}")
+        return ids
+
+    def generate(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
+        *,
+        include_stop_string: bool = False,
+    ) -> list[list[Completion]]:
+        """Sample `params.n` completions of every prompt; return them grouped by prompt.
+
+        Prompts are text (tokenized without special tokens, so render chat templates first) or
+        token ids. All inputs are checked before any device work.
+        """
+        if isinstance(params, SamplingParams):
+            params = [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise SamplingError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
+        if not prompts:
+            return []
+        encoded = [self._encode(p, i) for i, p in enumerate(prompts)]
+        for index, (ids, setting) in enumerate(zip(encoded, params)):
+            setting.validate(self.vocab_size, self.config.max_top_k)
+            if len(ids) + setting.max_new_tokens > self.config.max_cache_length:
+                raise SamplingError(
+                    f"prompt {index} has {len(ids)} tokens and asks for {setting.max_new_tokens} new ones, more "
+                    f"than max_cache_length={self.config.max_cache_length}; shorten it or raise max_cache_length"
+                )
+            _bucket(len(ids), self.config.prompt_buckets, f"prompt {index} length")
+            _bucket(setting.max_new_tokens, self.config.new_token_buckets, f"prompt {index} max_new_tokens")
+
+        results: list[list[Completion | None]] = [[None] * p.n for p in params]
+        for group in self._groups(encoded, params):
+            for completion in self._run_group(group, encoded, params, include_stop_string):
+                results[completion.prompt_index][completion.sample_index] = completion
+        return [[c for c in row if c is not None] for row in results]
+
+    def _groups(self, encoded, params) -> list[list[tuple[int, int]]]:
+        """Split (prompt, sample) rows into batches of at most the largest batch bucket.
+
+        Rows are ordered by prompt length so one batch pads little; a prompt's samples stay
+        together where they fit, so its prefill is shared.
+        """
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        limit = self.config.batch_buckets[-1]
+        groups, current = [], []
+        for prompt_index in order:
+            for sample_index in range(params[prompt_index].n):
+                if len(current) == limit:
+                    groups.append(current)
+                    current = []
+                current.append((prompt_index, sample_index))
+        if current:
+            groups.append(current)
+        return groups
+
+    def _run_group(self, rows, encoded, params, include_stop_string) -> list[Completion]:
+        cfg = self.config
+        prompt_ids = sorted({p for p, _ in rows})
+        longest = max(len(encoded[p]) for p in prompt_ids)
+        prompt_slots = _bucket(longest, cfg.prompt_buckets, "prompt length")
+        steps = _bucket(max(params[p].max_new_tokens for p in prompt_ids), cfg.new_token_buckets, "max_new_tokens")
+        cache_length = prompt_slots + steps
+        unique_rows = _bucket(len(prompt_ids), cfg.batch_buckets, "prompts per batch")
+        batch = _bucket(len(rows), cfg.batch_buckets, "rows per batch")
+
+        tokens = np.full((unique_rows, prompt_slots), self.pad_id, np.int32)
+        valid = np.zeros((unique_rows, prompt_slots), bool)
+        for slot, p in enumerate(prompt_ids):  # left padding: the prompt ends at the last slot
+            ids = encoded[p]
+            tokens[slot, prompt_slots - len(ids) :] = ids
+            valid[slot, prompt_slots - len(ids) :] = True
+        slot_of = {p: slot for slot, p in enumerate(prompt_ids)}
+
+        row_to_prompt = np.zeros((batch,), np.int32)
+        temperature = np.zeros((batch,), np.float32)
+        top_k = np.zeros((batch,), np.int32)
+        top_p = np.ones((batch,), np.float32)
+        max_new = np.zeros((batch,), np.int32)
+        seeds = np.zeros((batch,), np.uint32)
+        use_stops = np.zeros((batch,), bool)
+        for row, (p, s) in enumerate(rows):
+            setting = params[p]
+            row_to_prompt[row] = slot_of[p]
+            temperature[row] = setting.temperature
+            top_k[row] = setting.top_k
+            top_p[row] = setting.top_p
+            max_new[row] = setting.max_new_tokens
+            seeds[row] = (setting.seed + s) % (2**32)
+            use_stops[row] = setting.stop_at_strings
+
+        logits, cache = self._prefill(
+            self._state, self._put_rows(tokens), self._put_rows(valid), cache_length=cache_length
+        )
+        cache, logits, row_valid = self._fan_out(cache, logits, self._put_rows(valid), self._put_rows(row_to_prompt))
+        keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
+        out_tokens, out_logprobs, lengths, reasons, _ = self._decode(
+            self._state,
+            cache,
+            logits,
+            row_valid,
+            self._put_rows(temperature),
+            self._put_rows(top_k),
+            self._put_rows(top_p),
+            keys,
+            self._put_rows(max_new),
+            self._put_rows(use_stops),
+            prompt_slots=prompt_slots,
+            steps=steps,
+        )
+        out_tokens, out_logprobs, lengths, reasons = jax.device_get((out_tokens, out_logprobs, lengths, reasons))
+
+        completions = []
+        for row, (p, s) in enumerate(rows):
+            length = int(lengths[row])
+            ids = out_tokens[row, :length].tolist()
+            reason = int(reasons[row])
+            text_ids = ids[:-1] if reason == EOS else ids
+            text = self.tokenizer.decode(text_ids, skip_special_tokens=False) if self.tokenizer is not None else ""
+            if reason == STOP_STRING:
+                text = stops.cut_at_stop(text, self.stop_strings, keep_stop_string=include_stop_string)
+            completions.append(
+                Completion(
+                    text=text,
+                    token_ids=ids,
+                    logprobs=out_logprobs[row, :length].tolist(),
+                    finish_reason=FINISH_REASONS.get(reason, "length"),
+                    prompt_index=p,
+                    sample_index=s,
+                )
+            )
+        return completions

@@ -185,8 +185,8 @@ class AnswerChecker:
         child_end.close()
         return _Worker(process=process, connection=parent_end, spawned_at=time.monotonic())
 
-    def _replace(self, worker: _Worker, why: str) -> None:
-        logger.warning("replacing checker worker %s: %s", worker.process.pid, why)
+    def _replace(self, worker: _Worker, cause: str) -> None:
+        logger.warning("replacing checker worker %s: %s", worker.process.pid, cause)
         if worker.process.is_alive():
             worker.process.kill()
         worker.process.join(timeout=5.0)

@@ -2,12 +2,16 @@
 
 Rules, by answer kind:
 - Exact numbers (no decimal point anywhere) are compared exactly: rationals by value, other
-  closed forms by a 60-digit evaluation of their difference confirmed by sympy. Values such as
-  `1/2004!` and `1/2006!` are therefore never equal by rounding.
+  closed forms by a 60-digit evaluation of their difference, which must be below 1e-45 of
+  their size and not proven nonzero by sympy. So `1/2004!` and `1/2006!` are not equal.
+- Infinities are equal only to the same infinity, and a power or factorial too large to
+  compute (see `parser.MAX_EXACT_BITS`) only to the same expression.
 - A number with a decimal point on either side is compared with a relative tolerance.
-- Expressions in symbols are equal when their difference is zero after sympy's automatic
-  simplification, or when both agree at random positive points; `sympy.simplify` of the
-  difference decides only when no point gives two finite values.
+- Expressions in symbols are equal when their expanded difference is zero, or when they agree
+  at 3 or more of 5 random positive points and differ at no point with negative coordinates
+  where both are real. `sympy.simplify` of the difference decides when fewer than 3 points give
+  finite values. The numeric check runs before simplify because it rejects most unequal pairs
+  in milliseconds, while simplify can take seconds.
 - Tuples compare in order, sets and bare comma lists without order, intervals by ends and
   brackets, matrices entry by entry.
 - Relations are equal to themselves with the sides swapped and the operator mirrored
@@ -85,8 +89,8 @@ class _Comparer:
         if a == b:
             return True
         if is_oversized(a) or is_oversized(b):
-            # NOTE: values too large to compute exactly are equal only when written alike; their
-            # numeric evaluation can run for hours in sympy 1.14.
+            # NOTE: values too large to compute exactly are equal only when written alike, because
+            # sympy 1.14 did not finish evaluating 2^(2^200) - 5 within 20 s (measured).
             return False
         if a.has(*_INFINITIES) or b.has(*_INFINITIES):
             return False
@@ -361,7 +365,8 @@ def _matrix_rows(value: Answer) -> tuple[tuple[Answer, ...], ...] | None:
 def check_equal(gold: str, prediction: str, *, rel_tol: float = 1e-6) -> Verdict:
     """Check whether `prediction` equals `gold`, in this process and without a time bound.
 
-    Use `AnswerChecker` for untrusted model output: a few inputs make sympy run for minutes.
+    Use `AnswerChecker` for untrusted model output: some inputs keep sympy busy for longer than
+    any deadline (`\\sqrt{10^{100000}+1}` did not finish within 20 s).
 
     Args:
         gold: The gold answer: a MATH-500 `answer` field, the content of a MATH `\\boxed{}`,
@@ -409,7 +414,11 @@ def check_equal(gold: str, prediction: str, *, rel_tol: float = 1e-6) -> Verdict
 
 
 def is_parsable_answer(text: str) -> bool:
-    """Return whether `text` normalises and parses as an answer (for skipping bad gold answers)."""
+    """Return whether `text` normalises and parses as an answer (for skipping bad gold answers).
+
+    It runs in this process without a time bound, like `check_equal`, so it suits dataset gold
+    answers but not untrusted model output.
+    """
     try:
         parse_normalized(normalize_answer(text))
     except _PARSE_ERRORS:

@@ -24,7 +24,6 @@ gigabytes; `is_oversized` finds such nodes.
 
 from __future__ import annotations
 
-import math
 import re
 
 import sympy

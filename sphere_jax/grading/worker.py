@@ -14,14 +14,16 @@ call that does not check for signals, or a handler in sympy that catches the exc
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import signal
-import sys
 from multiprocessing.connection import Connection
 from types import FrameType
 
 from sphere_jax.grading.equivalence import check_equal
+
+logger = logging.getLogger(__name__)
 
 
 class _SoftTimeout(BaseException):
@@ -41,7 +43,7 @@ def _limit_memory(memory_limit_bytes: int | None) -> None:
     try:
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
     except (ValueError, OSError) as error:
-        print(f"checker worker {os.getpid()}: could not set a memory limit: {error}", file=sys.stderr)
+        logger.warning("checker worker %d: setting the memory limit failed: %r; running without one", os.getpid(), error)
 
 
 # After the first alarm, repeat it at this interval in case a bare `except:` swallowed it.

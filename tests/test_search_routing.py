@@ -8,50 +8,10 @@ import re
 import pytest
 
 from sphere_jax.data.problem import Problem
-from sphere_jax.grading import check_equal
 from sphere_jax.search import stages
 from sphere_jax.search.config import GeneratorConfig, SearchConfig
 from sphere_jax.search.generator import GenerationModels, Generator
-from sphere_jax.search.policy import Candidate
-
-SCORE = re.compile(r"\[r=([0-9.]+)\]")
-
-
-class ScriptedPolicy:
-    """Returns, for a prompt, the candidates its script lists for the last matching key."""
-
-    def __init__(self, name: str, script: dict[str, list[str]]):
-        self.name = name
-        self.script = script
-        self.tokens_generated = 0
-        self.requests: list[str] = []
-
-    def render(self, user: str, system: str | None) -> str:
-        return f"<{self.name}>{user}</{self.name}>\n"
-
-    def propose(self, requests):
-        out = []
-        for request in requests:
-            self.requests.append(request.prompt)
-            key = max((k for k in self.script if k in request.prompt), key=len)
-            texts = self.script[key][: request.n]
-            assert len(texts) == request.n, f"script {key!r} has {len(texts)} candidates, {request.n} requested"
-            self.tokens_generated += len(texts)
-            out.append([Candidate(t, ended=False, num_tokens=1) for t in texts])
-        return out
-
-
-class ScriptedReward:
-    """The score written in the candidate as [r=...]."""
-
-    def score(self, queries):
-        return [float(SCORE.search(q.candidate).group(1)) for q in queries]
-
-
-class InProcessChecker:
-    def check_many(self, pairs):
-        return [check_equal(gold, prediction) for gold, prediction in pairs]
-
+from scripted_search import InProcessChecker, ScriptedPolicy, ScriptedReward
 
 E = 3
 POLICY_SCRIPT = {

@@ -305,6 +305,35 @@ class Sampler:
                 results[completion.prompt_index][completion.sample_index] = completion
         return [[c for c in row if c is not None] for row in results]
 
+    def next_token_logprobs(self, prompts: Sequence[str | Sequence[int]], token_ids: Sequence[int]) -> np.ndarray:
+        """Return log p(token | prompt) [len(prompts), len(token_ids)] for the token after each prompt.
+
+        One prefill per prompt and no decoding: this is how a verifier prompt scores "Yes".
+        """
+        encoded = [self._encode(p, i) for i, p in enumerate(prompts)]
+        for index, ids in enumerate(encoded):
+            _bucket(len(ids), self.config.prompt_buckets, f"prompt {index} length")
+        selected = np.asarray(token_ids, np.int64)
+        results = np.zeros((len(encoded), len(selected)), np.float32)
+        limit = self.config.batch_buckets[-1]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        for start in range(0, len(order), limit):
+            chunk = order[start : start + limit]
+            prompt_slots = _bucket(max(len(encoded[i]) for i in chunk), self.config.prompt_buckets, "prompt length")
+            rows = _bucket(len(chunk), self.config.batch_buckets, "prompts per batch")
+            tokens = np.full((rows, prompt_slots), self.pad_id, np.int32)
+            valid = np.zeros((rows, prompt_slots), bool)
+            for slot, i in enumerate(chunk):
+                tokens[slot, prompt_slots - len(encoded[i]) :] = encoded[i]
+                valid[slot, prompt_slots - len(encoded[i]) :] = True
+            valid[len(chunk) :, -1] = True  # padding rows attend to one token, so softmax stays finite
+            logits, _ = self._prefill(self._state, self._put_rows(tokens), self._put_rows(valid), cache_length=prompt_slots)
+            logits = np.asarray(jax.device_get(logits), np.float64)[: len(chunk)]
+            peak = logits.max(axis=-1, keepdims=True)
+            log_normalizer = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=-1))
+            results[chunk] = logits[:, selected] - log_normalizer[:, None]
+        return results
+
     def _groups(self, encoded, params) -> list[list[tuple[int, int]]]:
         """Split (prompt, sample) rows into batches of at most the largest batch bucket.
 

@@ -227,7 +227,7 @@ class Generator:
             stages.ChainOutcome(
                 text=text,
                 answer=answer,
-                correct=bool(verdict.equal) and answer is not None,
+                correct=bool(verdict.equal),
                 scores=tuple(step.score for step in chain.steps),
             )
             for (chain, _), text, answer, verdict in zip(chains, texts, answers, verdicts)

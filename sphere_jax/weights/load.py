@@ -54,6 +54,36 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SPHERE_JAX_CACHE", Path.home() / ".cache" / "sphere_jax"))
 
 
+def check_source(source: str) -> None:
+    """Check cheaply, converting and loading nothing, that `source` names a model that exists.
+
+    Raises:
+        WeightError: an unknown packaged model, a package that is not installed, or a path that
+            does not exist; hub ids are checked only when HF_HUB_OFFLINE is set.
+    """
+    if source.startswith("packaged:"):
+        from sphere_jax.weights.packaged import PACKAGED_MODELS, package_file
+
+        name = source.removeprefix("packaged:")
+        if name not in PACKAGED_MODELS:
+            raise WeightError(f"unknown packaged model {name!r}; available: {', '.join(PACKAGED_MODELS)}")
+        model = PACKAGED_MODELS[name]
+        for module, relative in model.chunks:
+            package_file(module, relative, model)
+        return
+    path = Path(source.removeprefix("gguf:")).expanduser()
+    if path.suffix == ".gguf" or source.startswith(("gguf:", ".", "/", "~")) or path.exists():
+        if path.suffix == ".gguf" and path.is_file():
+            return
+        if path.is_dir() and (path / "config.json").is_file():
+            return
+        raise WeightError(f"model source {source!r} not found: expected a .gguf file or an HF folder with config.json")
+    if source.count("/") != 1:
+        raise WeightError(f"model source {source!r} is not a folder, a .gguf file or a hub id. {OFFLINE_HINT}")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        hub_snapshot(source)  # raises when the files are not in the local cache
+
+
 def resolve_folder(source: str, cache_dir: Path | None = None) -> Path:
     """Return the HF folder for `source`, converting a GGUF file into the cache when needed."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(evaluate)
     evaluate.add_argument("--benchmarks", nargs="+", default=["gsm8k:test"], help="problem-set specs, e.g. math500:test")
     evaluate.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark")
-    evaluate.add_argument("--max-new-tokens", type=int, default=512, help="tokens generated per answer at most")
+    evaluate.add_argument("--max-new-tokens", type=int, default=512, help="maximum new tokens per answer")
     evaluate.add_argument("--max-cache-length", type=int, default=2048, help="prompt plus answer tokens per row")
     evaluate.add_argument("--batch-size", type=int, default=16, help="prompts per sampler call")
     evaluate.add_argument("--output-dir", type=Path, default=Path("runs/eval"), help="folder for reports and records")

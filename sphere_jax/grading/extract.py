@@ -160,3 +160,24 @@ def extract_answer(text: str) -> str | None:
             if answer:
                 return answer
     return None
+
+
+_LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def last_number(text: str) -> str | None:
+    """Return the last number in `text` without thousands separators, or None.
+
+    A lenient fallback for models that do not mark their answer (small models often end with
+    "3 + 4 = 7."); it can pick a number that is not the answer, so it is off by default.
+    """
+    matches = _LAST_NUMBER.findall(text)
+    return matches[-1].replace(",", "") if matches else None
+
+
+def extract_answer_or_fallback(text: str, fallback: str = "none") -> str | None:
+    """Return `extract_answer(text)`, or with fallback "last_number" the last number when that finds none."""
+    answer = extract_answer(text)
+    if answer is None and fallback == "last_number":
+        return last_number(text)
+    return answer

@@ -190,7 +190,8 @@ def _make_reward(config: RunConfig, policy: Any, checker: Any) -> Any:
     delimiter = config.generate.search.step_delimiter
     if reward.backend == "rollout":
         return RolloutReward(policy, checker, rollouts=reward.rollouts, max_tokens=reward.rollout_max_tokens,
-                             delimiter=delimiter, seed=config.seed)
+                             delimiter=delimiter, seed=config.seed,
+                             answer_fallback=config.generate.search.answer_fallback)
     if reward.backend == "self_judge":
         return SelfJudgeReward(policy, config.generate.prompts.text("judge_user"), delimiter=delimiter)
     from sphere_jax.weights.load import load_model

@@ -18,7 +18,7 @@ class SamplingParams:
         temperature: 0 is greedy; otherwise logits are divided by it before sampling.
         top_k: keep the k most likely tokens (0 keeps all). Applied before top_p.
         top_p: keep the smallest set of tokens whose probability reaches top_p (1 keeps all).
-        max_new_tokens: the most tokens generated for this prompt.
+        max_new_tokens: maximum tokens generated for this prompt.
         n: samples of this prompt; they share one prefill (prefix fan-out).
         seed: sample j of this request draws from PRNG key `seed + j`, so a request with
             n samples equals n single-sample requests with seeds seed, seed + 1, ...

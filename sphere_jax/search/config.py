@@ -53,11 +53,14 @@ class SearchConfig:
         candidates: E, candidate steps sampled per expansion (Stage 3 uses 2E).
         temperature: sampling temperature of candidate steps.
         top_p: nucleus sampling of candidate steps (1.0 disables it).
-        max_depth: the most steps per chain; a chain still open there ends unanswered.
-        max_step_tokens: the most tokens per step.
+        max_depth: maximum steps per chain; a chain still open there ends unanswered.
+        max_step_tokens: maximum tokens per step.
         step_delimiter: text between steps; sampling of a step stops when it appears.
         answer_pattern: regular expression that marks a final step besides a \\boxed{} answer
             (empty: only \\boxed{}).
+        answer_fallback: "none" reads a chain's answer only from \\boxed{}, "#### n", "the answer
+            is" or "final answer:"; "last_number" then falls back to the last number in the chain,
+            for small models that do not mark their answer.
     """
 
     candidates: int = 5
@@ -67,6 +70,7 @@ class SearchConfig:
     max_step_tokens: int = 256
     step_delimiter: str = "\n\n"
     answer_pattern: str = ""
+    answer_fallback: str = "none"
 
     def __post_init__(self) -> None:
         if self.candidates < 2:
@@ -77,6 +81,8 @@ class SearchConfig:
             )
         if not self.step_delimiter:
             raise ValueError("search.step_delimiter must not be empty")
+        if self.answer_fallback not in ("none", "last_number"):
+            raise ValueError(f"search.answer_fallback={self.answer_fallback!r} is not one of none, last_number")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +94,7 @@ class RewardConfig:
             completions checked against the gold answer) or "self_judge" (the policy's own
             probability of "Yes" under a verification prompt).
         rollouts: completions per candidate step for "rollout".
-        rollout_max_tokens: the most tokens per rollout.
+        rollout_max_tokens: maximum tokens per rollout.
         prm_model: model source of the PRM for "prm".
     """
 

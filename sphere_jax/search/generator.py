@@ -27,7 +27,7 @@ from typing import Any
 from tqdm import tqdm
 
 from sphere_jax.data.problem import Problem
-from sphere_jax.grading import extract_answer
+from sphere_jax.grading.extract import extract_answer_or_fallback
 from sphere_jax.search import stages
 from sphere_jax.search.config import GeneratorConfig, fill_template
 from sphere_jax.search.policy import StepPolicy
@@ -219,7 +219,7 @@ class Generator:
     def _outcomes(self, chains: Sequence[tuple[Chain, SearchTask]], times: PhaseTimes) -> list[stages.ChainOutcome]:
         """Extract and check each chain's final answer in one checker batch."""
         texts = [chain.text(self.delimiter) for chain, _ in chains]
-        answers = [extract_answer(text) for text in texts]
+        answers = [extract_answer_or_fallback(text, self.config.search.answer_fallback) for text in texts]
         started = time.perf_counter()
         verdicts = self.checker.check_many([(task.gold, answer or "") for (_, task), answer in zip(chains, answers)])
         times.checking += time.perf_counter() - started

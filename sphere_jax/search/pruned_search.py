@@ -100,7 +100,7 @@ class PhaseTimes:
 
 
 def stable_seed(*parts: Any) -> int:
-    """A 31-bit seed from the parts' text, identical across processes and runs."""
+    """Return a 31-bit seed from the parts' text, identical across processes and runs."""
     return zlib.crc32("/".join(str(p) for p in parts).encode()) & 0x7FFFFFFF
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from sphere_jax.grading import extract_answer, last_boxed
+from sphere_jax.grading.extract import extract_answer_or_fallback
 from sphere_jax.search.config import fill_template
 
 
@@ -38,8 +39,19 @@ class StepReward(Protocol):
 class RolloutReward:
     """Score a step by completing the solution `rollouts` times and checking the answers."""
 
-    def __init__(self, policy: Any, checker: Any, *, rollouts: int, max_tokens: int, delimiter: str, seed: int = 0):
+    def __init__(
+        self,
+        policy: Any,
+        checker: Any,
+        *,
+        rollouts: int,
+        max_tokens: int,
+        delimiter: str,
+        seed: int = 0,
+        answer_fallback: str = "none",
+    ):
         self.policy = policy
+        self.answer_fallback = answer_fallback
         self.checker = checker
         self.rollouts = rollouts
         self.max_tokens = max_tokens
@@ -49,7 +61,7 @@ class RolloutReward:
     def score(self, queries: Sequence[StepQuery]) -> list[float]:
         if not queries:
             return []
-        prompts, finished_answers = [], {}
+        prompts, finished_answers, query_prefix = [], {}, []
         for index, query in enumerate(queries):
             steps = (*query.steps, query.candidate)
             text = self.delimiter.join(steps)
@@ -57,6 +69,7 @@ class RolloutReward:
             if answer is not None:
                 finished_answers[index] = answer  # a final step needs no rollout: it is its own outcome
             prompts.append(query.prompt + text + self.delimiter)
+            query_prefix.append(text + self.delimiter)
         to_roll = [i for i in range(len(queries)) if i not in finished_answers]
         completions = (
             self.policy.complete([prompts[i] for i in to_roll], n=self.rollouts, seed=self.seed, max_tokens=self.max_tokens)
@@ -69,7 +82,8 @@ class RolloutReward:
             owners.append((index, self.rollouts))  # weight: counts as every rollout
         for index, texts in zip(to_roll, completions):
             for text in texts:
-                pairs.append((queries[index].gold, extract_answer(text) or ""))
+                answer = extract_answer_or_fallback(query_prefix[index] + text, self.answer_fallback)
+                pairs.append((queries[index].gold, answer or ""))
                 owners.append((index, 1))
         verdicts = self.checker.check_many(pairs)
         correct = [0.0] * len(queries)

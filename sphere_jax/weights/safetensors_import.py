@@ -39,11 +39,18 @@ def safetensors_files(folder: Path) -> list[Path]:
 
 
 def iter_safetensors(folder: Path) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (name, array) for every tensor of every shard, one tensor in memory at a time."""
+    """Yield (name, array) for every tensor of every shard, one tensor in memory at a time.
+
+    The file is reopened for each tensor: an open handle keeps every page it has read resident,
+    which on a 2.35 GiB checkpoint added about 2 GiB to the loader's peak memory.
+    """
     for file in safetensors_files(folder):
         try:
             with safe_open(str(file), framework="numpy") as handle:
-                for name in handle.keys():
-                    yield name, handle.get_tensor(name)
+                names = list(handle.keys())
+            for name in names:
+                with safe_open(str(file), framework="numpy") as handle:
+                    tensor = handle.get_tensor(name)
+                yield name, tensor
         except SafetensorError as error:
             raise WeightError(f"{file}: cannot read safetensors file ({error}); is it truncated?") from None

@@ -255,7 +255,9 @@ def test_live_reference_loss_is_log2_at_step_zero(tmp_path, tokenizer):
     pairs_path = write_gsm8k_pairs(tokenizer, tmp_path / "pairs.jsonl", 4)
     config = tiny_config(reference="live", batch_size=4)
 
-    trainer = DPOTrainer(tiny_model(len(tokenizer)), tokenizer, pairs_path, config)
+    model = tiny_model(len(tokenizer))
+    initial_embed = np.asarray(model.embed[...])
+    trainer = DPOTrainer(model, tokenizer, pairs_path, config)
     [metrics] = trainer.train(1)
 
     assert metrics["loss"] == pytest.approx(math.log(2), rel=1e-7)
@@ -264,6 +266,9 @@ def test_live_reference_loss_is_log2_at_step_zero(tmp_path, tokenizer):
     assert metrics["logps/chosen"] < 0
     assert metrics["grad_norm"] > 0
     assert not pairs_lib.reference_logps_paths(pairs_path)[0].exists()
+    # The step donates the trainer's parameters, never the arrays of the model passed in.
+    np.testing.assert_array_equal(np.asarray(model.embed[...]), initial_embed)
+    assert not np.array_equal(np.asarray(trainer.params["embed"]), initial_embed)
 
 
 def test_accumulated_gradients_equal_full_batch(tokenizer):
@@ -312,7 +317,10 @@ def test_accumulated_gradients_equal_full_batch(tokenizer):
 
 @pytest.fixture(scope="module")
 def resumed_runs(tmp_path_factory, tokenizer):
-    """An uninterrupted 4-step run that checkpoints at step 2, and a second trainer that resumes from step 2."""
+    """An uninterrupted 4-step run that checkpoints at steps 2 and 4, and a second trainer that resumes from step 2.
+
+    The resumed trainer then meets NaN reference log-probs at step 4, which must stop it.
+    """
     directory = tmp_path_factory.mktemp("resume")
     pairs_path = write_gsm8k_pairs(tokenizer, directory / "pairs.jsonl", 6)
     config = tiny_config(
@@ -332,6 +340,20 @@ def resumed_runs(tmp_path_factory, tokenizer):
     restored_position = resumed.data_position
     resumed_history = resumed.train(2)
     resumed_params = flat_params(resumed.params)
+    resumed_position = resumed.data_position
+    resumed_reference_logps = resumed.reference_logps.copy()
+
+    resumed.reference_logps[:, 0] = np.nan
+    with pytest.raises(NonFiniteError) as non_finite:
+        resumed.train(1)
+    resumed.checkpointer.wait_until_finished()
+    after_error = {
+        "error": non_finite.value,
+        "step": resumed.step,
+        "data_position": resumed.data_position,
+        "checkpoint_steps": resumed.checkpointer.all_steps(),
+        "params": flat_params(resumed.params),
+    }
     resumed.close()
     return {
         "history": history,
@@ -342,7 +364,9 @@ def resumed_runs(tmp_path_factory, tokenizer):
         "resumed_history": resumed_history,
         "resumed_params": resumed_params,
         "restored_position": restored_position,
-        "resumed_reference_logps": resumed.reference_logps,
+        "resumed_position": resumed_position,
+        "resumed_reference_logps": resumed_reference_logps,
+        "after_error": after_error,
     }
 
 
@@ -379,26 +403,18 @@ def test_resume_matches_uninterrupted_run(resumed_runs):
         np.testing.assert_allclose(value, resumed_runs["final_params"][name], rtol=1e-6, atol=1e-7, err_msg=name)
 
 
-def test_non_finite_loss_stops_training(tmp_path, tokenizer):
-    pairs_path = write_gsm8k_pairs(tokenizer, tmp_path / "pairs.jsonl", 2)
-    config = tiny_config(checkpoint=CheckpointConfig(tmp_path / "checkpoints", save_interval_steps=1))
-    trainer = DPOTrainer(tiny_model(len(tokenizer)), tokenizer, pairs_path, config)
-    trainer.train(1)
-    good_params = flat_params(trainer.params)
+def test_non_finite_loss_stops_training(resumed_runs):
+    after_error = resumed_runs["after_error"]
 
-    trainer.reference_logps[0, 0] = np.nan
-    with pytest.raises(NonFiniteError, match="step 1") as error:
-        trainer.train(1)
-
-    assert error.value.step == 1
-    assert math.isnan(error.value.values["loss"])
-    assert trainer.step == 1
-    assert trainer.data_position == {"epoch": 1, "batch_index": 0}
-    trainer.checkpointer.wait_until_finished()
-    assert trainer.checkpointer.all_steps() == [1]
-    for name, value in flat_params(trainer.params).items():
-        np.testing.assert_array_equal(value, good_params[name], err_msg=name)
-    trainer.close()
+    assert isinstance(after_error["error"], NonFiniteError)
+    assert after_error["error"].step == 4
+    assert "Non-finite values at step 4" in str(after_error["error"])
+    assert math.isnan(after_error["error"].values["loss"])
+    assert after_error["step"] == 4
+    assert after_error["data_position"] == resumed_runs["resumed_position"]
+    assert after_error["checkpoint_steps"] == [2, 4]
+    for name, value in after_error["params"].items():
+        np.testing.assert_array_equal(value, resumed_runs["resumed_params"][name], err_msg=name)
 
 
 def test_config_rejects_uneven_micro_batches():

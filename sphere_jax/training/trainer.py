@@ -309,7 +309,8 @@ class DPOTrainer:
         self._graphdef, params_state, self._rest = nnx.split(model, nnx.Param, ...)
         self._params_treedef = jax.tree.structure(params_state)
         self.param_shardings: Params = nnx.to_pure_dict(state_shardings(params_state, self.mesh))
-        self.params: Params = jax.device_put(nnx.to_pure_dict(params_state), self.param_shardings)
+        # A copy, because the train step donates its parameters and must not delete the caller's model arrays.
+        self.params: Params = jax.device_put(nnx.to_pure_dict(params_state), self.param_shardings, may_alias=False)
 
         self.optimizer, self.schedule = make_optimizer(config.optimizer)
         self._params_target = restore_target(self.params, self.param_shardings)
@@ -329,6 +330,8 @@ class DPOTrainer:
         reference_params = self.params if reference_model is None else self._params_of(reference_model)
         if config.reference == "live":
             self.reference_params = jax.tree.map(jnp.copy, reference_params)
+        elif config.loss.reference_free:
+            self.reference_logps = np.zeros((len(self.pairs), 2), np.float32)
         else:
             self.reference_logps = self._load_or_compute_reference_logps(reference_params)
 
@@ -343,7 +346,7 @@ class DPOTrainer:
         graphdef, state, _ = nnx.split(model, nnx.Param, ...)
         if jax.tree.structure(state) != self._params_treedef:
             raise ValueError("reference_model has a different parameter structure from the policy; use the same config.")
-        return jax.device_put(nnx.to_pure_dict(state), self.param_shardings)
+        return jax.device_put(nnx.to_pure_dict(state), self.param_shardings, may_alias=False)
 
     def _merge(self, params: Params) -> nnx.Module:
         state = jax.tree.unflatten(self._params_treedef, jax.tree.leaves(params))

@@ -103,3 +103,9 @@ def test_smoke_run_end_to_end_with_resume(tmp_path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "export")
     ids = tokenizer("2 + 2 =", return_tensors="pt")["input_ids"]
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+
+
+def test_train_without_pairs_file(tmp_path):
+    result = sphere("train", "configs/smoke.yaml", f"run_dir={tmp_path / 'run'}", "--pairs", str(tmp_path / "none.jsonl"))
+    assert result.returncode == 2
+    assert f"pairs file {tmp_path / 'none.jsonl'} not found" in result.stderr

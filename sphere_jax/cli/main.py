@@ -66,6 +66,30 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from sphere_jax.pipeline.config import load_run_config
+    from sphere_jax.pipeline.loop import generate_only
+
+    config = load_run_config(args.config, args.overrides)
+    _maybe_initialize_distributed()
+    stats = generate_only(config)
+    print(f"{stats.get('pairs', 0)} pairs from {stats.get('problems', 0)} problems in {config.run_dir}/generate")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sphere_jax.pipeline.config import load_run_config
+    from sphere_jax.pipeline.loop import train_only
+
+    if not args.pairs.is_file():
+        raise FileNotFoundError(f"pairs file {args.pairs} not found")
+    config = load_run_config(args.config, args.overrides)
+    _maybe_initialize_distributed()
+    result = train_only(config, args.pairs)
+    print(f"trained {result['steps']} steps on {result['pairs']} pairs; policy in {config.run_dir}/policy")
+    return 0
+
+
 def _maybe_initialize_distributed() -> None:
     """Join the other JAX processes of a multi-host job (TPU pod slices, or a coordinator in the env)."""
     import os
@@ -111,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", type=Path, help="YAML config, e.g. configs/cpu_demo.yaml")
     run.add_argument("overrides", nargs="*", help="dotted overrides such as train.optimizer.learning_rate=1e-6")
     run.set_defaults(handler=_run)
+
+    generate = commands.add_parser("generate", help="generate preference pairs with the config's policy")
+    generate.add_argument("config", type=Path, help="YAML config")
+    generate.add_argument("overrides", nargs="*", help="dotted overrides")
+    generate.set_defaults(handler=_generate)
+
+    train = commands.add_parser("train", help="train the config's policy with DPO on a pairs file")
+    train.add_argument("config", type=Path, help="YAML config")
+    train.add_argument("overrides", nargs="*", help="dotted overrides")
+    train.add_argument("--pairs", type=Path, required=True, help="JSONL with prompt, chosen and rejected text")
+    train.set_defaults(handler=_train)
 
     info = commands.add_parser("info", help="print devices and, with --model, the model's shape")
     info.add_argument("--model", default=None, help="model source to describe")

@@ -162,6 +162,40 @@ def run(config: RunConfig) -> dict[str, Any]:
     return state.data
 
 
+def generate_only(config: RunConfig) -> dict[str, Any]:
+    """Run the data generation of one iteration with the configured policy into run_dir/generate."""
+    from sphere_jax.grading import AnswerChecker
+    from sphere_jax.weights.load import load_model
+
+    run_dir = prepare_run_dir(config)
+    with AnswerChecker(workers=config.eval.checker_workers, deadline_s=config.eval.checker_deadline_s) as checker:
+        loaded = load_model(config.policy.source, param_dtype=config.policy.dtype, compute_dtype=config.policy.dtype)
+        policy = _make_policy("policy", loaded, config)
+        small = None
+        if config.generate.stage3 and config.small_model.source:
+            small_loaded = load_model(config.small_model.source, param_dtype=config.small_model.dtype,
+                                      compute_dtype=config.small_model.dtype)
+            small = _make_policy("small", small_loaded, config)
+        return _generate(config, policy, small, checker, run_dir / "generate", 0)
+
+
+def train_only(config: RunConfig, pairs_path: Path) -> dict[str, Any]:
+    """Train the configured policy with DPO on a pairs file; write run_dir/policy (an HF folder)."""
+    from sphere_jax.weights.load import load_model
+
+    run_dir = prepare_run_dir(config)
+    staged = run_dir / "generate" / "pairs.jsonl"
+    if Path(pairs_path).resolve() != staged.resolve():
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        staged.write_text(Path(pairs_path).read_text())
+    loaded = load_model(config.policy.source, param_dtype=config.policy.dtype, compute_dtype=config.policy.dtype)
+    metrics = MetricsWriter(run_dir)
+    try:
+        return _train(config, loaded, run_dir, metrics, 0)
+    finally:
+        metrics.close()
+
+
 def _latest_policy(config: RunConfig, run_dir: Path, state: RunState) -> str:
     trained = [i for i in range(config.iterations) if state.done(f"train:{i}")]
     return str(run_dir / f"iter{max(trained)}" / "policy") if trained else config.policy.source

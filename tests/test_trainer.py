@@ -190,7 +190,7 @@ def test_make_batch_layout_and_masks():
         pairs_lib.TokenizedPair(prompt=(10,), chosen=(11, 2), rejected=(12, 13, 14, 2), truncated=False),
     ]
 
-    batch = pairs_lib.make_batch(pairs, [1, 0], pad_id=0, length=8, batch_pairs=3)
+    batch = pairs_lib.make_batch(pairs, [1, 0], pad_id=0, length=8, batch_pairs=3, window_bucket=2)
 
     assert batch.tokens.shape == (3, 2, 8)
     np.testing.assert_array_equal(batch.tokens[0, 1], [10, 12, 13, 14, 2, 0, 0, 0])
@@ -201,6 +201,10 @@ def test_make_batch_layout_and_masks():
     np.testing.assert_array_equal(batch.pair_weights, [1, 1, 0])
     np.testing.assert_array_equal(batch.pair_indices, [1, 0, 1])
     assert batch.num_tokens == (5 + 4) + (3 + 5)
+    # The longest completion has 4 tokens; the window starts at the last prompt token, clipped at length - 2.
+    np.testing.assert_array_equal(batch.hidden_positions[0, 1], [0, 1, 2, 3])
+    np.testing.assert_array_equal(batch.hidden_positions[1, 0], [1, 2, 3, 4])
+    np.testing.assert_array_equal(batch.hidden_positions[0, 0], [0, 1, 2, 3])
 
 
 @pytest.mark.parametrize(("length", "expected"), [(1, 64), (64, 64), (65, 128), (250, 256), (900, 320)])
@@ -226,8 +230,8 @@ def test_completion_logps_ignore_padding_and_prompt(tokenizer):
     long = pairs_lib.make_batch(tokenized, [0, 1], tokenizer.pad_token_id, length=128)
 
     logps = jax.jit(lambda model, *arrays: completion_logps(model, *arrays, chunk_size=32, remat=False))
-    short_logps = logps(model, short.tokens, short.valid, short.loss_mask)
-    long_logps = logps(model, long.tokens, long.valid, long.loss_mask)
+    short_logps = logps(model, short.tokens, short.valid, short.loss_mask, short.hidden_positions)
+    long_logps = logps(model, long.tokens, long.valid, long.loss_mask, long.hidden_positions)
 
     # Direct sum over full logits. With causal attention, the pad tokens after a sequence do not change the logits
     # of its own positions, so one unmasked forward over all four sequences gives each sequence's exact values.
@@ -283,15 +287,15 @@ def test_accumulated_gradients_equal_full_batch(tokenizer):
         "tokens": batch.tokens,
         "valid": batch.valid,
         "loss_mask": batch.loss_mask,
+        "hidden_positions": batch.hidden_positions,
         "reference_logps": reference,
         "pair_weights": batch.pair_weights,
     }
     loss_config = DPOLossConfig(beta=0.1)
 
     def loss_fn(state, micro_batch):
-        logps = completion_logps(
-            nnx.merge(graphdef, state), micro_batch["tokens"], micro_batch["valid"], micro_batch["loss_mask"], 32, True
-        )
+        arrays = (micro_batch[name] for name in ("tokens", "valid", "loss_mask", "hidden_positions"))
+        logps = completion_logps(nnx.merge(graphdef, state), *arrays, chunk_size=32, remat=True)
         lengths = jnp.sum(micro_batch["loss_mask"], axis=-1).astype(jnp.float32)
         reference = micro_batch["reference_logps"]
         from sphere_jax.training.losses import dpo_loss

@@ -74,6 +74,9 @@ class PairBatch:
         loss_mask: True on completion tokens, the ones whose log-probs are summed.  # [pairs, 2, length] bool
         pair_weights: 1 for a real pair, 0 for a row that only fills the batch.  # [pairs] float32
         pair_indices: Index of each row's pair in the dataset; a filler row repeats a real index.  # [pairs] int64
+        hidden_positions: Positions whose hidden state predicts each completion token, starting at the last prompt
+            token; past the completion end they repeat an in-range position (see `completion_hidden_positions`).
+            # [pairs, 2, window] int32
     """
 
     tokens: np.ndarray
@@ -81,6 +84,7 @@ class PairBatch:
     loss_mask: np.ndarray
     pair_weights: np.ndarray
     pair_indices: np.ndarray
+    hidden_positions: np.ndarray
 
     @property
     def num_tokens(self) -> int:
@@ -209,6 +213,7 @@ def make_batch(
     pad_id: int,
     length: int,
     batch_pairs: int | None = None,
+    window_bucket: int = 64,
 ) -> PairBatch:
     """Pad the pairs at `indices` into one `[pairs, 2, length]` batch.
 
@@ -219,6 +224,7 @@ def make_batch(
         length: Padded sequence length, at least the longest sequence of the batch.
         batch_pairs: Rows of the batch; rows past `len(indices)` repeat the first pair with weight 0.
             Defaults to `len(indices)`.
+        window_bucket: The completion window (`hidden_positions.shape[-1]`) is rounded up to a multiple of this.
     """
     if len(indices) == 0:
         raise ValueError("make_batch needs at least one pair index.")
@@ -242,7 +248,36 @@ def make_batch(
             tokens[row, side, : len(sequence)] = sequence
             valid[row, side, : len(sequence)] = True
             loss_mask[row, side, len(pair.prompt) : len(sequence)] = True
-    return PairBatch(tokens=tokens, valid=valid, loss_mask=loss_mask, pair_weights=weights, pair_indices=row_indices)
+    return PairBatch(
+        tokens=tokens,
+        valid=valid,
+        loss_mask=loss_mask,
+        pair_weights=weights,
+        pair_indices=row_indices,
+        hidden_positions=completion_hidden_positions(loss_mask, window_bucket),
+    )
+
+
+def completion_hidden_positions(loss_mask: np.ndarray, window_bucket: int) -> np.ndarray:
+    """Return, per sequence, the positions whose hidden states predict its completion tokens.
+
+    Completion token t is predicted from position t - 1, so a sequence whose completion starts at s gets
+    `s - 1, s, ..., s + window - 2`. The window is the longest completion of the batch rounded up to
+    `window_bucket`, at most `length - 1`. Entries past a completion's end are clipped to `length - 2`, so they
+    stay in range; the caller must mask them out by the completion length, not by `loss_mask`.
+
+    Args:
+        loss_mask: True on completion tokens; every row has a non-empty prompt, so starts are >= 1.  # [..., length]
+
+    Returns:
+        int32 positions.  # [..., window]
+    """
+    length = loss_mask.shape[-1]
+    starts = np.argmax(loss_mask, axis=-1)  # [...]
+    longest = int(np.max(np.sum(loss_mask, axis=-1)))
+    window = min(length - 1, max(1, math.ceil(longest / window_bucket)) * window_bucket)
+    positions = starts[..., None] - 1 + np.arange(window)
+    return np.minimum(positions, length - 2).astype(np.int32)
 
 
 def epoch_permutation(num_pairs: int, seed: int, epoch: int) -> np.ndarray:

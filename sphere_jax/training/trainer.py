@@ -27,8 +27,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sphere_jax.models.logprobs import sequence_logprobs
+from sphere_jax.models.logprobs import chunked_token_logprobs
 from sphere_jax.models.sharding import state_shardings
+from sphere_jax.models.transformer import positions_from_mask
 from sphere_jax.training import pairs as pairs_lib
 from sphere_jax.training.checkpointing import (
     CheckpointConfig,
@@ -135,19 +136,29 @@ def completion_logps(
     tokens: jax.Array,  # [pairs, 2, length] int32
     valid: jax.Array,  # [pairs, 2, length] bool
     loss_mask: jax.Array,  # [pairs, 2, length] bool
+    hidden_positions: jax.Array,  # [pairs, 2, window] int32
     chunk_size: int,
     remat: bool,
 ) -> jax.Array:
-    """Return the summed completion log-probs `[pairs, 2]` of chosen (0) and rejected (1), in one forward."""
+    """Return the summed completion log-probs `[pairs, 2]` of chosen (0) and rejected (1), in one forward.
+
+    The decoder runs over whole sequences, but the output projection and log-softmax run only on the completion
+    window that `hidden_positions` selects (see `pairs.completion_hidden_positions`), not on prompt positions.
+    """
     pairs, _, length = tokens.shape
-    token_logps = sequence_logprobs(
-        model,
-        tokens.reshape(2 * pairs, length),
-        valid.reshape(2 * pairs, length),
-        chunk_size=chunk_size,
-        remat=remat,
-    )  # [2 * pairs, length]
-    summed = jnp.sum(jnp.where(loss_mask.reshape(2 * pairs, length), token_logps, 0.0), axis=-1)
+    window = hidden_positions.shape[-1]
+    tokens = tokens.reshape(2 * pairs, length)
+    valid = valid.reshape(2 * pairs, length)
+    loss_mask = loss_mask.reshape(2 * pairs, length)
+    hidden_positions = hidden_positions.reshape(2 * pairs, window)
+
+    hidden, _ = model.hidden_states(tokens, positions_from_mask(valid), valid, remat=remat)  # [2 * pairs, length, E]
+    window_hidden = jnp.take_along_axis(hidden, hidden_positions[..., None], axis=1)  # [2 * pairs, window, E]
+    targets = jnp.take_along_axis(tokens, hidden_positions + 1, axis=1)  # [2 * pairs, window]
+    completion_lengths = jnp.sum(loss_mask, axis=-1)  # [2 * pairs]
+    in_completion = jnp.arange(window)[None, :] < completion_lengths[:, None]  # [2 * pairs, window]
+    token_logps = chunked_token_logprobs(window_hidden, model.output_embedding(), targets, chunk_size)
+    summed = jnp.sum(jnp.where(in_completion, token_logps, 0.0), axis=-1)
     return summed.reshape(pairs, 2)
 
 
@@ -214,7 +225,7 @@ def make_train_step(
         return nnx.merge(graphdef, state, rest)
 
     def loss_fn(params: Params, micro_batch: Batch, reference_params: Params | None) -> tuple[jax.Array, dict]:
-        logps_args = (micro_batch["tokens"], micro_batch["valid"], micro_batch["loss_mask"])
+        logps_args = tuple(micro_batch[name] for name in ("tokens", "valid", "loss_mask", "hidden_positions"))
         policy_logps = completion_logps(merge(params), *logps_args, config.logprob_chunk_size, config.remat)
         if config.reference == "live":
             reference_logps = completion_logps(
@@ -389,11 +400,11 @@ class DPOTrainer:
         batch_pairs = math.ceil(self.config.reference_batch_size / batch_devices) * batch_devices
         chunk_size, graphdef, treedef, rest = self.config.logprob_chunk_size, self._graphdef, self._params_treedef, self._rest
 
-        def forward(params: Params, tokens, valid, loss_mask) -> jax.Array:
+        def forward(params: Params, tokens, valid, loss_mask, hidden_positions) -> jax.Array:
             model = nnx.merge(graphdef, jax.tree.unflatten(treedef, jax.tree.leaves(params)), rest)
-            return completion_logps(model, tokens, valid, loss_mask, chunk_size, remat=False)
+            return completion_logps(model, tokens, valid, loss_mask, hidden_positions, chunk_size, remat=False)
 
-        in_batch = tuple(batch_sharding(self.mesh, 3) for _ in range(3))
+        in_batch = tuple(batch_sharding(self.mesh, 3) for _ in range(4))
         forward = jax.jit(forward, in_shardings=(self.param_shardings, *in_batch),
                           out_shardings=batch_sharding(self.mesh, 2))
         order = np.argsort([pair.length for pair in self.pairs], kind="stable")
@@ -401,8 +412,10 @@ class DPOTrainer:
         for start in range(0, len(order), batch_pairs):
             indices = order[start : start + batch_pairs]
             length = self._bucket([self.pairs[i] for i in indices])
-            batch = pairs_lib.make_batch(self.pairs, indices, self.pad_id, length, batch_pairs)
-            arrays = shard_batch((batch.tokens, batch.valid, batch.loss_mask), self.mesh)
+            batch = pairs_lib.make_batch(
+                self.pairs, indices, self.pad_id, length, batch_pairs, self.config.length_bucket
+            )
+            arrays = shard_batch((batch.tokens, batch.valid, batch.loss_mask, batch.hidden_positions), self.mesh)
             logps[indices] = np.asarray(forward(reference_params, *arrays))[: len(indices)]
         logger.info("Computed reference log-probs of %d pairs in %.1f s", len(self.pairs), time.perf_counter() - started)
         return logps
@@ -421,6 +434,7 @@ class DPOTrainer:
             "tokens": batch_sharding(self.mesh, 4),
             "valid": batch_sharding(self.mesh, 4),
             "loss_mask": batch_sharding(self.mesh, 4),
+            "hidden_positions": batch_sharding(self.mesh, 4),
             "reference_logps": batch_sharding(self.mesh, 3),
             "pair_weights": batch_sharding(self.mesh, 2),
         }
@@ -444,7 +458,9 @@ class DPOTrainer:
         start = self.batch_index * self.config.batch_size
         indices = order[start : start + self.config.batch_size]
         length = self._bucket([self.pairs[i] for i in indices])
-        return pairs_lib.make_batch(self.pairs, indices, self.pad_id, length, self.config.batch_size)
+        return pairs_lib.make_batch(
+            self.pairs, indices, self.pad_id, length, self.config.batch_size, self.config.length_bucket
+        )
 
     def _device_batch(self, batch: pairs_lib.PairBatch) -> Batch:
         micro, accumulation = self.config.micro_batch_size, self.config.gradient_accumulation_steps
@@ -456,6 +472,7 @@ class DPOTrainer:
             "tokens": batch.tokens,
             "valid": batch.valid,
             "loss_mask": batch.loss_mask,
+            "hidden_positions": batch.hidden_positions,
             "reference_logps": reference_logps,
             "pair_weights": batch.pair_weights,
         }

@@ -75,7 +75,7 @@ class PairBatch:
         pair_weights: 1 for a real pair, 0 for a row that only fills the batch.  # [pairs] float32
         pair_indices: Index of each row's pair in the dataset; a filler row repeats a real index.  # [pairs] int64
         hidden_positions: Positions whose hidden state predicts each completion token, starting at the last prompt
-            token; past the completion end they repeat an in-range position (see `completion_hidden_positions`).
+            token. Past the completion end they repeat an in-range position (see `completion_hidden_positions`).
             # [pairs, 2, window] int32
     """
 
@@ -263,8 +263,8 @@ def completion_hidden_positions(loss_mask: np.ndarray, window_bucket: int) -> np
 
     Completion token t is predicted from position t - 1, so a sequence whose completion starts at s gets
     `s - 1, s, ..., s + window - 2`. The window is the longest completion of the batch rounded up to
-    `window_bucket`, at most `length - 1`. Entries past a completion's end are clipped to `length - 2`, so they
-    stay in range; the caller must mask them out by the completion length, not by `loss_mask`.
+    `window_bucket`, at most `length - 1`. Entries past a completion's end are clipped to `length - 2` to stay in
+    range. The caller must mask them out by the completion length, because `loss_mask` at a clipped entry may be True.
 
     Args:
         loss_mask: True on completion tokens; every row has a non-empty prompt, so starts are >= 1.  # [..., length]
@@ -281,7 +281,7 @@ def completion_hidden_positions(loss_mask: np.ndarray, window_bucket: int) -> np
 
 
 def epoch_permutation(num_pairs: int, seed: int, epoch: int) -> np.ndarray:
-    """Return the pair order of `epoch`; it depends only on (seed, epoch), so a resumed run reads the pairs in the same order."""
+    """Return the pair order of `epoch`, which depends only on (seed, epoch), so a resumed run keeps the order."""
     return np.random.default_rng([seed, epoch]).permutation(num_pairs)
 
 
@@ -326,6 +326,7 @@ def load_reference_logps(pairs_path: str | os.PathLike[str], expected_metadata: 
         return None
     logps = np.load(array_path)
     if logps.shape != (expected_metadata["num_pairs"], 2):
-        logger.warning("Ignoring %s: shape %s, expected (%d, 2)", array_path, logps.shape, expected_metadata["num_pairs"])
+        expected_shape = (expected_metadata["num_pairs"], 2)
+        logger.warning("Ignoring %s: shape %s, expected %s; recomputing", array_path, logps.shape, expected_shape)
         return None
     return logps

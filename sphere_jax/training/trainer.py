@@ -356,7 +356,9 @@ class DPOTrainer:
     def _params_of(self, model: nnx.Module) -> Params:
         graphdef, state, _ = nnx.split(model, nnx.Param, ...)
         if jax.tree.structure(state) != self._params_treedef:
-            raise ValueError("reference_model has a different parameter structure from the policy; use the same config.")
+            raise ValueError(
+                "reference_model has a different parameter structure from the policy; build both from one config."
+            )
         return jax.device_put(nnx.to_pure_dict(state), self.param_shardings, may_alias=False)
 
     def _merge(self, params: Params) -> nnx.Module:
@@ -398,7 +400,8 @@ class DPOTrainer:
         started = time.perf_counter()
         batch_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         batch_pairs = math.ceil(self.config.reference_batch_size / batch_devices) * batch_devices
-        chunk_size, graphdef, treedef, rest = self.config.logprob_chunk_size, self._graphdef, self._params_treedef, self._rest
+        chunk_size = self.config.logprob_chunk_size
+        graphdef, treedef, rest = self._graphdef, self._params_treedef, self._rest
 
         def forward(params: Params, tokens, valid, loss_mask, hidden_positions) -> jax.Array:
             model = nnx.merge(graphdef, jax.tree.unflatten(treedef, jax.tree.leaves(params)), rest)
@@ -417,7 +420,8 @@ class DPOTrainer:
             )
             arrays = shard_batch((batch.tokens, batch.valid, batch.loss_mask, batch.hidden_positions), self.mesh)
             logps[indices] = np.asarray(forward(reference_params, *arrays))[: len(indices)]
-        logger.info("Computed reference log-probs of %d pairs in %.1f s", len(self.pairs), time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        logger.info("Computed reference log-probs of %d pairs in %.1f s", len(self.pairs), elapsed)
         return logps
 
     # ---- Train step ----
@@ -566,7 +570,7 @@ class DPOTrainer:
         return self.checkpointer.save(checkpoint, force=force)
 
     def restore(self, step: int | None = None) -> None:
-        """Load the latest checkpoint (or `step`) into the trainer: parameters, optimizer state, key and data position."""
+        """Load the latest checkpoint, or `step`: parameters, optimizer state, PRNG key and data position."""
         if self.checkpointer is None:
             raise ValueError("No checkpoint directory is configured; set DPOTrainerConfig.checkpoint.")
         checkpoint = self.checkpointer.restore(

@@ -70,20 +70,22 @@ def test_smoke_run_end_to_end_with_resume(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
     command = [*SPHERE, "run", "configs/smoke.yaml", f"run_dir={run_dir}"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    problems = run_dir / "iter0" / "generate" / "problems"
+    state_path = run_dir / "state.json"
     deadline = time.monotonic() + 900
-    while time.monotonic() < deadline and process.poll() is None and not any(problems.glob("*.json")):
-        time.sleep(0.5)
+    # Kill as soon as the base evaluation is recorded, while generation is under way.
+    while time.monotonic() < deadline and process.poll() is None and not state_path.exists():
+        time.sleep(0.2)
     assert process.poll() is None, "the run ended before it could be interrupted"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    state = json.loads((run_dir / "state.json").read_text())
-    assert "eval:base" in state["done"] and "generate:0" not in state["done"]
+    before = json.loads(state_path.read_text())
+    assert list(before["done"]) == ["eval:base"]
 
     resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = json.loads((run_dir / "state.json").read_text())
     assert list(state["done"]) == ["eval:base", "generate:0", "train:0", "eval:0", "export"]
+    assert state["seconds"]["eval:base"] == before["seconds"]["eval:base"]  # not redone on resume
     stats = state["done"]["generate:0"]
     assert stats["problems"] == 4 and sum(stats["problems_per_route"].values()) == 4
     for name in ("config.yaml", "metrics.jsonl", "summary.md", "plots/accuracy.png", "logs/sphere.log",

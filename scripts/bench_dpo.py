@@ -7,7 +7,8 @@ longer than `--max-length` and both trainers cut it to exactly that length.
 
 Each implementation runs in its own child process, so that its peak resident memory (`ru_maxrss`, which on CPU
 includes the arrays) is its own. The first `--warmup-steps` steps (JAX compilation, PyTorch allocator warm-up)
-are not timed; the step time is the mean of the next `--steps` steps. sphere_jax runs twice: with reference
+are not timed. The step time is the mean of the next `--steps` steps, in wall-clock seconds and in CPU seconds of
+the process over all its threads. CPU time depends less on other jobs that share the machine. sphere_jax runs twice: with reference
 log-probs precomputed before training (its default; the one-off pass is reported separately) and with a live
 reference model in every step, which is what TRL does by default.
 
@@ -73,13 +74,18 @@ def run_ours(args: argparse.Namespace, live: bool) -> dict:
         if sequence_lengths != {args.max_length}:
             raise RuntimeError(f"A pair was not cut to {args.max_length} tokens; use longer completions.")
     warmup = [trainer.train_step()["step_time_s"] for _ in range(args.warmup_steps)]
-    history = [trainer.train_step() for _ in range(args.steps)]
+    history, cpu_times = [], []
+    for _ in range(args.steps):
+        cpu_started = time.process_time()
+        history.append(trainer.train_step())
+        cpu_times.append(time.process_time() - cpu_started)
     step_times = [metrics["step_time_s"] for metrics in history]
     tokens = history[0]["num_tokens"]
     return {
         "setup_s": setup_s,
         "warmup_step_s": warmup,
         "step_times_s": step_times,
+        "step_cpu_times_s": cpu_times,
         "tokens_per_step": tokens,
         "losses": [metrics["loss"] for metrics in history],
     }
@@ -102,13 +108,17 @@ def run_trl(args: argparse.Namespace) -> dict:
     class StepTimer(transformers.TrainerCallback):
         def __init__(self) -> None:
             self.times: list[float] = []
+            self.cpu_times: list[float] = []
             self.started = 0.0
+            self.cpu_started = 0.0
 
         def on_step_begin(self, *unused, **kwargs):
             self.started = time.perf_counter()
+            self.cpu_started = time.process_time()
 
         def on_step_end(self, *unused, **kwargs):
             self.times.append(time.perf_counter() - self.started)
+            self.cpu_times.append(time.process_time() - self.cpu_started)
 
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as output_dir:
@@ -136,6 +146,7 @@ def run_trl(args: argparse.Namespace) -> dict:
         "setup_s": setup_s,
         "warmup_step_s": timer.times[: args.warmup_steps],
         "step_times_s": timer.times[args.warmup_steps :],
+        "step_cpu_times_s": timer.cpu_times[args.warmup_steps :],
         "tokens_per_step": 2 * args.pairs_per_step * args.max_length,
         "losses": losses[args.warmup_steps :],
         "trl_version": __import__("trl").__version__,
@@ -150,6 +161,7 @@ def run_child(args: argparse.Namespace) -> None:
         result = run_ours(args, live=args.impl == "ours-live")
     result["impl"] = args.impl
     result["step_s"] = sum(result["step_times_s"]) / len(result["step_times_s"])
+    result["step_cpu_s"] = sum(result["step_cpu_times_s"]) / len(result["step_cpu_times_s"])
     result["tokens_per_s"] = result["tokens_per_step"] / result["step_s"]
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
@@ -199,13 +211,16 @@ def main() -> None:
 
     print(f"\nSmolLM2-135M fp32 on CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()}), "
           f"{args.pairs_per_step} pairs per step, {args.max_length} tokens per sequence, mean of {args.steps} steps")
-    print(f"{'implementation':<12} {'step s':>8} {'tokens/s':>9} {'peak RSS MiB':>13} {'setup s':>8}")
+    header = ("implementation", "step s", "step CPU s", "tokens/s", "peak RSS MiB", "setup s")
+    print(f"{header[0]:<12} {header[1]:>8} {header[2]:>11} {header[3]:>9} {header[4]:>13} {header[5]:>8}")
     for impl, result in results.items():
-        print(f"{impl:<12} {result['step_s']:>8.2f} {result['tokens_per_s']:>9.1f} {result['peak_rss_mib']:>13.0f} "
-              f"{result['setup_s']:>8.1f}")
+        print(f"{impl:<12} {result['step_s']:>8.2f} {result['step_cpu_s']:>11.2f} {result['tokens_per_s']:>9.1f} "
+              f"{result['peak_rss_mib']:>13.0f} {result['setup_s']:>8.1f}")
     for impl in ("ours", "ours-live"):
         if impl in results and "trl" in results:
-            print(f"step time ratio {impl} / trl: {results[impl]['step_s'] / results['trl']['step_s']:.3f}")
+            wall_ratio = results[impl]["step_s"] / results["trl"]["step_s"]
+            cpu_ratio = results[impl]["step_cpu_s"] / results["trl"]["step_cpu_s"]
+            print(f"step time ratio {impl} / trl: {wall_ratio:.3f} wall-clock, {cpu_ratio:.3f} CPU time")
     if args.output:
         args.output.write_text(json.dumps(results, indent=2))
 

@@ -40,8 +40,8 @@ class ProcessRewardModel(nnx.Module):
         """Return class logits [B, T, num_labels] fp32 for right- or left-padded tokens [B, T]."""
         hidden, _ = self.backbone.hidden_states(tokens, positions_from_mask(valid), valid)
         hidden = hidden.astype(jnp.float32)
-        h = jax.nn.relu(hidden @ self.score_hidden.value.astype(jnp.float32) + self.score_hidden_bias.value)
-        return h @ self.score_out.value.astype(jnp.float32) + self.score_out_bias.value.astype(jnp.float32)
+        h = jax.nn.relu(hidden @ self.score_hidden.get_value().astype(jnp.float32) + self.score_hidden_bias.get_value())
+        return h @ self.score_out.get_value().astype(jnp.float32) + self.score_out_bias.get_value().astype(jnp.float32)
 
 
 def step_probabilities(logits: jax.Array, tokens: jax.Array, separator_id: int) -> tuple[jax.Array, jax.Array]:

@@ -16,7 +16,7 @@ def state_shardings(state: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES)
 
     def sharding_of(variable: nnx.Variable) -> Any:
         axes = variable.get_metadata().get("logical_axes")
-        value = variable.value
+        value = variable.get_value()
         if axes is None:
             axes = (None,) * value.ndim
         return variable.replace(logical_to_sharding(tuple(axes), value.shape, mesh, rules))
@@ -28,7 +28,7 @@ def shard_state(state: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> 
     """Move every parameter of `state` onto `mesh` with the sharding its logical axes select."""
     shardings = state_shardings(state, mesh, rules)
     return jax.tree.map(
-        lambda variable, sharding: variable.replace(jax.device_put(variable.value, sharding.value)),
+        lambda variable, sharding: variable.replace(jax.device_put(variable.get_value(), sharding.get_value())),
         state,
         shardings,
         is_leaf=lambda x: isinstance(x, nnx.Variable),

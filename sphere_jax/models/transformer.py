@@ -95,8 +95,8 @@ class Transformer(nnx.Module):
         """Return the LM head kernel [embed, vocab] in the compute dtype."""
         dtype = self.cfg.compute_jnp_dtype
         if self.cfg.tie_word_embeddings:
-            return self.embed.value.astype(dtype).T
-        return self.lm_head.value.astype(dtype)
+            return self.embed.get_value().astype(dtype).T
+        return self.lm_head.get_value().astype(dtype)
 
     def hidden_states(
         self,
@@ -111,7 +111,7 @@ class Transformer(nnx.Module):
         """Run the blocks and the final norm; return hidden states [B, T, E] and the updated cache."""
         cfg = self.cfg
         dtype = cfg.compute_jnp_dtype
-        x = jnp.take(self.embed.value, tokens, axis=0).astype(dtype)  # [B, T, E]
+        x = jnp.take(self.embed.get_value(), tokens, axis=0).astype(dtype)  # [B, T, E]
         cos, sin = layers.rope_tables(positions, layers.rope_inverse_frequencies(cfg))
         mask = layers.attention_mask(kv_valid, tokens.shape[1], cache_offset)
         stacked = self.layers.arrays()
@@ -165,7 +165,7 @@ class Transformer(nnx.Module):
             (x, all_k, all_v), _ = jax.lax.scan(step_cached, (x, cache.k, cache.v), (stacked, indices))
             new_cache = KVCache(all_k, all_v)
 
-        x = layers.rms_norm(x, self.final_norm.value.astype(dtype), cfg.rms_norm_eps)
+        x = layers.rms_norm(x, self.final_norm.get_value().astype(dtype), cfg.rms_norm_eps)
         return x, new_cache
 
     def __call__(

@@ -75,8 +75,12 @@ def sample_tokens(
     greedy = jnp.argmax(logits, axis=-1)
     scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
     filtered_rows = (temperature > 0) & ((top_k > 0) | (top_p < 1.0))
-    plain = sample_full_vocabulary(scaled, uniform)
-    # The top-k pass runs only when some row asks for filtering.
+    # Each pass over the vocabulary runs only when some row needs it: a greedy batch skips both.
+    plain = jax.lax.cond(
+        jnp.any(temperature > 0),
+        lambda: sample_full_vocabulary(scaled, uniform),
+        lambda: greedy,
+    )
     sampled = jax.lax.cond(
         jnp.any(filtered_rows),
         lambda: jnp.where(filtered_rows, sample_filtered(scaled, top_k, top_p, uniform, max_top_k), plain),

@@ -52,7 +52,7 @@ class SamplerConfig:
     """Buckets and limits. Shapes round up to the next bucket; each combination compiles once."""
 
     max_cache_length: int = 4096  # prompt plus new tokens, per row
-    prompt_buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+    prompt_buckets: tuple[int, ...] = (64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
     new_token_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     max_top_k: int = 256  # candidates considered when top-k or top-p is on

@@ -23,7 +23,7 @@ _NUMPY_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16
 
 def _param_arrays(model: nnx.Module) -> dict[tuple[str, ...], Any]:
     flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    return {tuple(str(k) for k in path): variable.value for path, variable in flat}
+    return {tuple(str(k) for k in path): variable.get_value() for path, variable in flat}
 
 
 def iter_hf_tensors(model: nnx.Module, cfg: ModelConfig, dtype: Any):

@@ -12,6 +12,7 @@ the reward in one call, so the sampler batches across problems and shares each p
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import time
 import zlib
@@ -22,6 +23,8 @@ from sphere_jax.grading import last_boxed
 from sphere_jax.search.config import SearchConfig
 from sphere_jax.search.policy import Candidate, StepPolicy, StepRequest
 from sphere_jax.search.rewards import StepQuery, StepReward
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -155,6 +158,10 @@ def pruned_search(
         started = time.perf_counter()
         scores = reward.score(queries)
         times.reward += time.perf_counter() - started
+        log.info(
+            "depth %d: expanded %d nodes of %d searches into %d candidates (%.0f s sampling, %.0f s reward so far)",
+            depth, len(expansions), len(tasks), len(queries), times.sampling, times.reward,
+        )
 
         offset = 0
         for (index, chains), cands in zip(expansions, proposals):

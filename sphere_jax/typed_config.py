@@ -95,12 +95,11 @@ def _convert(annotation: Any, value: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for option in (a for a in args if a is not type(None)):
             try:
                 return _convert(option, value, key)
-            except ConfigError as error:
-                errors.append(str(error))
+            except ConfigError:
+                continue
         raise ConfigError(f"{key}={value!r} has the wrong type; expected {_describe(annotation)}")
     if origin is typing.Literal:
         if value not in args:
@@ -146,13 +145,10 @@ def _convert(annotation: Any, value: Any, key: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{key}={value!r} has the wrong type; expected a string")
         return value
-    if annotation in (Path,) or annotation is typing.Any:
-        return Path(value) if annotation is Path else value
+    if annotation is Path:
+        return Path(value)
     if isinstance(annotation, type) and isinstance(value, annotation):
         return value
-    if annotation is typing.Any or str(annotation).endswith("PathLike[str]"):
-        return value
-    # os.PathLike[str] and similar: accept strings
-    if isinstance(value, str):
+    if isinstance(value, str):  # os.PathLike[str] fields accept a path string
         return value
     raise ConfigError(f"{key}={value!r} has the wrong type; expected {_describe(annotation)}")

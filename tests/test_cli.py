@@ -55,7 +55,8 @@ def test_shipped_configs_are_valid(name):
     from sphere_jax.pipeline.config import RunConfig
 
     config = from_dict(RunConfig, load_yaml(ROOT / "configs" / f"{name}.yaml"))
-    assert config.iterations >= 1 and config.policy.source
+    assert config.iterations >= 1
+    assert config.policy.source
 
 
 def test_missing_config_file():
@@ -87,7 +88,8 @@ def test_smoke_run_end_to_end_with_resume(tmp_path):
     assert list(state["done"]) == ["eval:base", "generate:0", "train:0", "eval:0", "export"]
     assert state["seconds"]["eval:base"] == before["seconds"]["eval:base"]  # not redone on resume
     stats = state["done"]["generate:0"]
-    assert stats["problems"] == 4 and sum(stats["problems_per_route"].values()) == 4
+    assert stats["problems"] == 4
+    assert sum(stats["problems_per_route"].values()) == 4
     for name in ("config.yaml", "metrics.jsonl", "summary.md", "plots/accuracy.png", "logs/sphere.log",
                  "iter0/generate/pairs.jsonl", "iter0/generate/trees.jsonl", "eval/base/gsm8k_test.json",
                  "eval/iter0/gsm8k_test.json", "export/config.json"):
@@ -101,7 +103,8 @@ def test_smoke_run_end_to_end_with_resume(tmp_path):
     model, info = transformers.AutoModelForCausalLM.from_pretrained(
         run_dir / "export", dtype=torch.float32, output_loading_info=True
     )
-    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert not info["missing_keys"]
+    assert not info["unexpected_keys"]
     tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "export")
     ids = tokenizer("2 + 2 =", return_tensors="pt")["input_ids"]
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3

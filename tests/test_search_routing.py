@@ -86,7 +86,9 @@ def test_pairs_per_stage(tmp_path):
     assert sorted(by_stage) == [stages.DIVERSITY, stages.SELF_CORRECTION, stages.SELF_GENERATION]
     (p1,) = by_stage[stages.SELF_GENERATION]
     assert (p1["chosen"], p1["rejected"]) == ("[r=0.9] compute \\boxed{5}", "[r=0.2] guess \\boxed{7}")
-    assert p1["problem_id"] == "t:1" and p1["prompt"] == "<policy>Q1</policy>\n" and p1["iteration"] == 0
+    assert p1["problem_id"] == "t:1"
+    assert p1["prompt"] == "<policy>Q1</policy>\n"
+    assert p1["iteration"] == 0
     (p2,) = by_stage[stages.SELF_CORRECTION]
     assert p2["chosen"] == "[r=0.9] fixed \\boxed{10}"
     assert p2["rejected"] == "[r=0.4] still \\boxed{12}"

@@ -168,8 +168,8 @@ _LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 def last_number(text: str) -> str | None:
     """Return the last number in `text` without thousands separators, or None.
 
-    A lenient fallback for models that do not mark their answer (small models often end with
-    "3 + 4 = 7."); it can pick a number that is not the answer, so it is off by default.
+    A lenient fallback for models that do not mark their answer, as small models often end with
+    "3 + 4 = 7.". It can pick a number that is not the answer, so callers turn it on explicitly.
     """
     matches = _LAST_NUMBER.findall(text)
     return matches[-1].replace(",", "") if matches else None

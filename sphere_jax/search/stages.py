@@ -70,7 +70,7 @@ def stage1_pairs(prompt: str, max_chain: ChainOutcome, min_chain: ChainOutcome, 
 
 
 def stage2_pairs(prompt: str, corrected: list[ChainOutcome], failed_attempt: ChainOutcome) -> list[Pair]:
-    """One pair: the first corrected chain that is right, against a wrong corrected chain or the failed attempt."""
+    """Pair the first right corrected chain with a wrong corrected chain, or else the failed attempt."""
     right = [c for c in corrected if c.correct]
     if not right:
         return []
@@ -80,7 +80,7 @@ def stage2_pairs(prompt: str, corrected: list[ChainOutcome], failed_attempt: Cha
 
 
 def stage3_pairs(prompt: str, policy_chain: ChainOutcome, small_chains: list[ChainOutcome]) -> list[Pair]:
-    """A pair for each distinct plausible wrong chain of the small model."""
+    """Make a pair for each distinct plausible wrong chain of the small model."""
     pairs, seen = [], set()
     for chain in small_chains:
         if chain.correct or chain.answer is None or chain.text in seen:

@@ -11,6 +11,7 @@ from typing import Any
 from sphere_jax.data.problem import Problem
 from sphere_jax.data.spec import AnswerFormat, FieldMapping
 from sphere_jax.grading import gsm8k_gold, is_parsable_answer, last_boxed
+from sphere_jax.grading.extract import braces_balanced
 from sphere_jax.grading.normalize import AnswerTooLongError, normalize_answer
 
 # "9 (apples)", "14  (seats)": ASDiv appends the unit in brackets.
@@ -67,7 +68,7 @@ def classify_gold(answer: str, require_parsable: bool = False) -> GoldKind:
             its normalized text is empty or too long, or ``require_parsable`` is set and the
             grader cannot parse it.
     """
-    if not _braces_balanced(answer):
+    if not braces_balanced(answer):
         raise RowError(SkipReason.UNPARSABLE_ANSWER, f"gold answer {answer!r} has unbalanced braces")
     if is_parsable_answer(answer):
         return GoldKind.MATH
@@ -181,25 +182,6 @@ def _gold_answer(row: dict[str, Any], mapping: FieldMapping) -> str:
             SkipReason.UNPARSABLE_ANSWER, f"no final answer found in {mapping.answer!r} read as {answer_format.value}"
         )
     return answer.strip()
-
-
-def _braces_balanced(text: str) -> bool:
-    """Return whether every unescaped ``{`` has its ``}``; ``\\{`` and ``\\}`` are literal braces."""
-    depth = 0
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if char == "\\":
-            index += 2
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth < 0:
-                return False
-        index += 1
-    return depth == 0
 
 
 def _strip_dollars(text: str) -> str:

@@ -46,6 +46,25 @@ def _match_braces(text: str, open_index: int) -> int | None:
     return None
 
 
+def braces_balanced(text: str) -> bool:
+    """Return whether every unescaped ``{`` has its ``}``; ``\\{`` and ``\\}`` are literal braces."""
+    depth = 0
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "\\":
+            index += 2
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth < 0:
+                return False
+        index += 1
+    return depth == 0
+
+
 def _last_box_start(text: str) -> tuple[int, str] | None:
     """Return the position and command of the last `\\boxed` or `\\fbox` in `text`."""
     best: tuple[int, str] | None = None

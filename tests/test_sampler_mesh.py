@@ -54,14 +54,14 @@ def run_child() -> None:
         completions = [row[0] for row in sampler.generate(PROMPTS, params)]
         tensor_split = [
             str(leaf.sharding.spec)
-            for leaf in jax.tree.leaves(sampler._state)
+            for leaf in jax.tree.leaves(sampler._weights)
             if mesh is not None and "tensor" in str(leaf.sharding.spec)
         ]
         return {
             "token_ids": [c.token_ids for c in completions],
             "logprobs": [c.logprobs for c in completions],
             "finish_reasons": [c.finish_reason for c in completions],
-            "weight_device_counts": sorted({len(leaf.sharding.device_set) for leaf in jax.tree.leaves(sampler._state)}),
+            "weight_device_counts": sorted({len(leaf.sharding.device_set) for leaf in jax.tree.leaves(sampler._weights)}),
             "tensor_split_weights": len(tensor_split),
         }
 

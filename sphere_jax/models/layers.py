@@ -69,20 +69,33 @@ def attention_mask(kv_valid: jax.Array, query_length: int, cache_offset: jax.Arr
 
 def grouped_query_attention(
     q: jax.Array,  # [B, T, H, D]
-    k: jax.Array,  # [B, S, K, D]
-    v: jax.Array,  # [B, S, K, D]
+    k: jax.Array,  # [B, K, S, D]
+    v: jax.Array,  # [B, K, S, D]
     mask: jax.Array,  # [B, T, S] bool
 ) -> jax.Array:
-    """Scaled dot-product attention with H query heads sharing K key/value heads; returns [B, T, H, D]."""
+    """Scaled dot-product attention with H query heads sharing K key/value heads; returns [B, T, H, D].
+
+    Keys and values come heads-first ([B, K, S, D], the KV cache layout), so both products are
+    batched over (B, K) without transposing the cache; with [B, S, K, D] XLA on CPU copies the
+    whole cache into that order at every decode step.
+    """
     batch, length, heads, head_dim = q.shape
-    kv_heads = k.shape[2]
+    kv_heads = k.shape[1]
     groups = heads // kv_heads
+    if length == 1:
+        # One query per row (a decode step): batched matrix-vector products over (B, K), half
+        # the time on CPU of the general form, whose length-1 axis makes XLA transpose.
+        q = q.reshape(batch, kv_heads, groups, head_dim)
+        scores = jnp.einsum("bkgd,bksd->bkgs", q, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+        scores = jnp.where(mask[:, :, None, :], scores, jnp.finfo(jnp.float32).min)  # mask [B, 1, S]
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        return jnp.einsum("bkgs,bksd->bkgd", probs, v).reshape(batch, 1, heads, head_dim)
     q = q.reshape(batch, length, kv_heads, groups, head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
     scores = scores / math.sqrt(head_dim)
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
     return out.reshape(batch, length, heads, head_dim)
 
 

@@ -10,6 +10,7 @@ optional dense KV cache that the call writes at `cache_offset`.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -21,21 +22,34 @@ from sphere_jax.models.config import ModelConfig
 
 
 class KVCache(NamedTuple):
-    """Dense keys and values for every layer, written in place at one slot offset for all rows."""
+    """Dense keys and values, one buffer per layer, written in place at one slot offset for all rows.
 
-    k: jax.Array  # [layers, batch, cache_length, kv_heads, head_dim]
-    v: jax.Array  # [layers, batch, cache_length, kv_heads, head_dim]
+    Separate buffers per layer let every decode step update each layer's slot in place; one
+    stacked buffer updated inside a layer loop is copied whole on CPU.
+    """
+
+    k: tuple[jax.Array, ...]  # layers x [batch, kv_heads, cache_length, head_dim]
+    v: tuple[jax.Array, ...]  # layers x [batch, kv_heads, cache_length, head_dim]
 
     @property
     def length(self) -> int:
-        return self.k.shape[2]
+        return self.k[0].shape[2]
+
+    def take_rows(self, rows: jax.Array) -> KVCache:
+        """Return the cache of rows `rows` [B'] (prefix fan-out copies one prompt into n rows)."""
+        return KVCache(
+            tuple(jnp.take(k, rows, axis=0) for k in self.k),
+            tuple(jnp.take(v, rows, axis=0) for v in self.v),
+        )
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> KVCache:
     """Allocate a zeroed cache for `batch` rows of `length` slots."""
     dtype = dtype or cfg.compute_jnp_dtype
-    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
-    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+    shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
+    layers_k = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    layers_v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    return KVCache(layers_k, layers_v)
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype: Any, scale=0.02):
@@ -108,65 +122,29 @@ class Transformer(nnx.Module):
         *,
         remat: bool = False,
     ) -> tuple[jax.Array, KVCache | None]:
-        """Run the blocks and the final norm; return hidden states [B, T, E] and the updated cache."""
+        """Run the blocks and the final norm; return hidden states [B, T, E] and the updated cache.
+
+        Without a cache the layers run in a `lax.scan` over the stacked weights (training). With
+        one, this is `cached_hidden_states` on static slices of them; a sampler that decodes many
+        steps should hold `decode_weights()` instead, which are not copied per call.
+        """
+        if cache is not None:
+            return cached_hidden_states(self.cfg, self.decode_weights(copy=False), tokens, positions, kv_valid, cache, cache_offset)
         cfg = self.cfg
         dtype = cfg.compute_jnp_dtype
         x = jnp.take(self.embed.get_value(), tokens, axis=0).astype(dtype)  # [B, T, E]
         cos, sin = layers.rope_tables(positions, layers.rope_inverse_frequencies(cfg))
         mask = layers.attention_mask(kv_valid, tokens.shape[1], cache_offset)
-        stacked = self.layers.arrays()
 
-        def block(x, p, cache_k, cache_v):
-            p = jax.tree.map(lambda a: a.astype(dtype), p)
-            h = layers.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-            q = jnp.einsum("bte,ehd->bthd", h, p["q"])
-            k = jnp.einsum("bte,ekd->btkd", h, p["k"])
-            v = jnp.einsum("bte,ekd->btkd", h, p["v"])
-            if cfg.attention_bias:
-                q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
-            q = layers.apply_rope(q, cos, sin)
-            k = layers.apply_rope(k, cos, sin)
-            if cache_k is not None:
-                start = (0, cache_offset, 0, 0)
-                cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
-                cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
-                k, v = cache_k.astype(dtype), cache_v.astype(dtype)
-            attended = layers.grouped_query_attention(q, k, v, mask)
-            x = x + jnp.einsum("bthd,hde->bte", attended, p["o"])
-            h = layers.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
-            x = x + layers.swiglu(h, p["gate"], p["up"], p["down"])
-            return x, cache_k, cache_v
+        def step(x, p):
+            x, _, _ = _block(cfg, x, p, cos, sin, mask)
+            return x, None
 
         if remat:
-            block = jax.checkpoint(block)
-
-        if cache is None:
-
-            def step(x, p):
-                x, _, _ = block(x, p, None, None)
-                return x, None
-
-            x, _ = jax.lax.scan(step, x, stacked)
-            new_cache = None
-        else:
-            # The cache rides in the carry and each layer updates its slice in place; passing it
-            # as scan inputs and outputs would copy the whole cache once per call.
-            def step_cached(carry, inputs):
-                x, all_k, all_v = carry
-                p, index = inputs
-                layer_k = jax.lax.dynamic_index_in_dim(all_k, index, keepdims=False)
-                layer_v = jax.lax.dynamic_index_in_dim(all_v, index, keepdims=False)
-                x, layer_k, layer_v = block(x, p, layer_k, layer_v)
-                all_k = jax.lax.dynamic_update_index_in_dim(all_k, layer_k, index, 0)
-                all_v = jax.lax.dynamic_update_index_in_dim(all_v, layer_v, index, 0)
-                return (x, all_k, all_v), None
-
-            indices = jnp.arange(cfg.num_layers)
-            (x, all_k, all_v), _ = jax.lax.scan(step_cached, (x, cache.k, cache.v), (stacked, indices))
-            new_cache = KVCache(all_k, all_v)
-
+            step = jax.checkpoint(step)
+        x, _ = jax.lax.scan(step, x, self.layers.arrays())
         x = layers.rms_norm(x, self.final_norm.get_value().astype(dtype), cfg.rms_norm_eps)
-        return x, new_cache
+        return x, None
 
     def __call__(
         self,
@@ -180,6 +158,107 @@ class Transformer(nnx.Module):
         hidden, cache = self.hidden_states(tokens, positions, kv_valid, cache, cache_offset)
         logits = jnp.einsum("bte,ev->btv", hidden, self.output_embedding(), preferred_element_type=jnp.float32)
         return logits, cache
+
+    def decode_weights(self, *, copy: bool = True) -> DecodeWeights:
+        """Return the weights in the layout that decoding reads fastest: one array per layer.
+
+        With `copy` (the default, for a sampler) each layer's weights become their own buffers,
+        made once here, at the cost of one more copy of the block weights in memory. Without it
+        the layers are static slices of the stacked arrays, which XLA copies on every call.
+        """
+        stacked = self.layers.arrays()
+        embed = self.embed.get_value()
+        head = None if self.cfg.tie_word_embeddings or self.cfg.is_reward_model else self.lm_head.get_value()
+        if not copy:
+            blocks = tuple({name: value[i] for name, value in stacked.items()} for i in range(self.cfg.num_layers))
+            return DecodeWeights(embed, blocks, self.final_norm.get_value(), head)
+        blocks = _unstack(stacked, self.cfg.num_layers)
+        return DecodeWeights(embed, blocks, self.final_norm.get_value(), head)
+
+
+class DecodeWeights(NamedTuple):
+    """A decoder's weights for cached decoding, with the block weights as one dict per layer."""
+
+    embed: jax.Array  # [vocab, embed]
+    blocks: tuple[dict[str, jax.Array], ...]  # layers x {name: array without the layers axis}
+    final_norm: jax.Array  # [embed]
+    lm_head: jax.Array | None  # [embed, vocab]; None when tied to `embed`
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _unstack(stacked: dict[str, jax.Array], num_layers: int) -> tuple[dict[str, jax.Array], ...]:
+    return tuple({name: value[i] for name, value in stacked.items()} for i in range(num_layers))
+
+
+def _block(
+    cfg: ModelConfig,
+    x: jax.Array,  # [B, T, E]
+    p: dict[str, jax.Array],  # one layer's weights
+    cos: jax.Array,  # [B, T, D]
+    sin: jax.Array,  # [B, T, D]
+    mask: jax.Array,  # [B, T, S] bool
+    cache_k: jax.Array | None = None,  # [B, K, S, D]
+    cache_v: jax.Array | None = None,  # [B, K, S, D]
+    cache_offset: jax.Array | int = 0,
+) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+    """One pre-norm decoder block; with a cache, write this call's keys and values at cache_offset."""
+    dtype = cfg.compute_jnp_dtype
+    p = jax.tree.map(lambda a: a.astype(dtype), p)
+    h = layers.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
+    q = jnp.einsum("bte,ehd->bthd", h, p["q"])
+    k = jnp.einsum("bte,ekd->btkd", h, p["k"])
+    v = jnp.einsum("bte,ekd->btkd", h, p["v"])
+    if cfg.attention_bias:
+        q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
+    q = layers.apply_rope(q, cos, sin)
+    k = layers.apply_rope(k, cos, sin).transpose(0, 2, 1, 3)  # [B, K, T, D]
+    v = v.transpose(0, 2, 1, 3)
+    if cache_k is not None:
+        start = (0, 0, cache_offset, 0)
+        cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
+        cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
+        k, v = cache_k.astype(dtype), cache_v.astype(dtype)
+    attended = layers.grouped_query_attention(q, k, v, mask)
+    x = x + jnp.einsum("bthd,hde->bte", attended, p["o"])
+    h = layers.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
+    x = x + layers.swiglu(h, p["gate"], p["up"], p["down"])
+    return x, cache_k, cache_v
+
+
+def cached_hidden_states(
+    cfg: ModelConfig,
+    weights: DecodeWeights,
+    tokens: jax.Array,  # [B, T] int32
+    positions: jax.Array,  # [B, T] int32
+    kv_valid: jax.Array,  # [B, S] bool, S the cache length
+    cache: KVCache,
+    cache_offset: jax.Array | int,
+) -> tuple[jax.Array, KVCache]:
+    """Run the blocks on a KV cache; return hidden states [B, T, E] after the final norm, and the cache.
+
+    Decoding reads every weight once per token, so the layers run unrolled, each on its own
+    weight arrays and cache buffer: nothing is sliced or copied inside a decode step.
+    """
+    dtype = cfg.compute_jnp_dtype
+    x = jnp.take(weights.embed, tokens, axis=0).astype(dtype)  # [B, T, E]
+    cos, sin = layers.rope_tables(positions, layers.rope_inverse_frequencies(cfg))
+    mask = layers.attention_mask(kv_valid, tokens.shape[1], cache_offset)
+    new_k, new_v = [], []
+    for p, layer_k, layer_v in zip(weights.blocks, cache.k, cache.v, strict=True):
+        x, layer_k, layer_v = _block(cfg, x, p, cos, sin, mask, layer_k, layer_v, cache_offset)
+        new_k.append(layer_k)
+        new_v.append(layer_v)
+    x = layers.rms_norm(x, weights.final_norm.astype(dtype), cfg.rms_norm_eps)
+    return x, KVCache(tuple(new_k), tuple(new_v))
+
+
+def decode_logits(cfg: ModelConfig, weights: DecodeWeights, hidden: jax.Array) -> jax.Array:
+    """Project hidden states [B, E] onto the vocabulary; return fp32 logits [B, V]."""
+    dtype = cfg.compute_jnp_dtype
+    if weights.lm_head is None:
+        # Contract with the embedding's embed axis directly: no transposed copy of the table.
+        return jnp.einsum("be,ve->bv", hidden, weights.embed.astype(dtype), preferred_element_type=jnp.float32)
+    return jnp.einsum("be,ev->bv", hidden, weights.lm_head.astype(dtype), preferred_element_type=jnp.float32)
 
 
 def logical_axes(model: nnx.Module) -> Any:

@@ -20,7 +20,15 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sphere_jax.models.transformer import KVCache, Transformer, init_cache, positions_from_mask
+from sphere_jax.models.transformer import (
+    DecodeWeights,
+    KVCache,
+    Transformer,
+    cached_hidden_states,
+    decode_logits,
+    init_cache,
+    positions_from_mask,
+)
 from sphere_jax.sampling import stops
 from sphere_jax.sampling.filters import sample_tokens
 from sphere_jax.sampling.params import SamplingError, SamplingParams
@@ -101,8 +109,8 @@ class Sampler:
         self.eos_token_ids = tuple(sorted(eos))
         self.pad_id = int(model.cfg.pad_token_id if model.cfg.pad_token_id is not None else self.eos_token_ids[0])
         self.compile_count = 0
-        self._graphdef, state = nnx.split(model)
-        self._state = self._place_state(state)
+        self._graphdef = nnx.graphdef(model)
+        self._weights = self._decode_weights(model)
         started = time.perf_counter()
         texts = stops.token_texts(tokenizer, self.vocab_size) if self.stop_strings else []
         tables, lengths = stops.stop_tables(texts, self.stop_strings) if self.stop_strings else (
@@ -122,17 +130,19 @@ class Sampler:
 
     def update_model(self, model: Transformer) -> None:
         """Serve new weights of the same architecture without recompiling."""
-        graphdef, state = nnx.split(model)
-        if graphdef != self._graphdef:
+        if nnx.graphdef(model) != self._graphdef:
             raise SamplingError("update_model needs a model of the same structure as the sampler's")
-        self._state = self._place_state(state)
+        self._weights = None  # free the old copy before making the new one
+        self._weights = self._decode_weights(model)
 
-    def _place_state(self, state: Any) -> Any:
-        if self.mesh is None:
-            return state
-        from sphere_jax.models.sharding import shard_state
+    def _decode_weights(self, model: Transformer) -> DecodeWeights:
+        """Place the weights on the mesh, then copy them into the per-layer decoding layout."""
+        if self.mesh is not None:
+            from sphere_jax.models.sharding import shard_state
 
-        return shard_state(state, self.mesh)
+            graphdef, state = nnx.split(model)
+            model = nnx.merge(graphdef, shard_state(state, self.mesh))
+        return model.decode_weights()
 
     def _rows_sharding(self, ndim: int) -> NamedSharding | None:
         if self.mesh is None:
@@ -147,28 +157,27 @@ class Sampler:
     # ------------------------------------------------------------------------------------
     # Compiled parts
 
-    def _prefill_impl(self, state, tokens, valid, *, cache_length: int):
+    def _prefill_impl(self, weights: DecodeWeights, tokens, valid, *, cache_length: int):
         """Prefill prompts [U, P]; return last-position logits [U, V] and a cache of cache_length."""
         self.compile_count += 1  # runs only while tracing
-        model = nnx.merge(self._graphdef, state)
-        cache = init_cache(model.cfg, tokens.shape[0], cache_length)
+        cfg = self.model_config
+        cache = init_cache(cfg, tokens.shape[0], cache_length)
         kv_valid = jnp.pad(valid, ((0, 0), (0, cache_length - tokens.shape[1])))
-        hidden, cache = model.hidden_states(tokens, positions_from_mask(valid), kv_valid, cache, 0)
-        logits = jnp.einsum("be,ev->bv", hidden[:, -1], model.output_embedding(), preferred_element_type=jnp.float32)
-        return logits, cache
+        hidden, cache = cached_hidden_states(cfg, weights, tokens, positions_from_mask(valid), kv_valid, cache, 0)
+        return decode_logits(cfg, weights, hidden[:, -1]), cache
 
     def _fan_out_impl(self, cache: KVCache, logits, valid, row_to_prompt):
         """Copy each prompt's cache, logits and mask into the rows that sample it."""
         self.compile_count += 1
         return (
-            KVCache(jnp.take(cache.k, row_to_prompt, axis=1), jnp.take(cache.v, row_to_prompt, axis=1)),
+            cache.take_rows(row_to_prompt),
             jnp.take(logits, row_to_prompt, axis=0),
             jnp.take(valid, row_to_prompt, axis=0),
         )
 
     def _decode_impl(
         self,
-        state,
+        weights: DecodeWeights,
         cache: KVCache,
         logits,  # [B, V] fp32, next-token logits after the prompt
         prompt_valid,  # [B, P] bool
@@ -183,7 +192,7 @@ class Sampler:
         steps: int,
     ):
         self.compile_count += 1
-        model = nnx.merge(self._graphdef, state)
+        cfg = self.model_config
         batch = logits.shape[0]
         eos_ids = jnp.asarray(self.eos_token_ids, jnp.int32)
         stop_tables, stop_lengths = self._stop_tables, self._stop_lengths
@@ -217,8 +226,8 @@ class Sampler:
 
             def forward(cache):
                 positions = (prompt_lengths + step)[:, None]
-                out, cache = model(token[:, None], positions, kv, cache, prompt_slots + step)
-                return out[:, 0], cache
+                hidden, cache = cached_hidden_states(cfg, weights, token[:, None], positions, kv, cache, prompt_slots + step)
+                return decode_logits(cfg, weights, hidden[:, 0]), cache
 
             # The last step's forward would be thrown away: skip it once every row is done.
             next_logits, next_cache = jax.lax.cond(
@@ -327,7 +336,7 @@ class Sampler:
                 tokens[slot, prompt_slots - len(encoded[i]) :] = encoded[i]
                 valid[slot, prompt_slots - len(encoded[i]) :] = True
             valid[len(chunk) :, -1] = True  # padding rows attend to one token, so softmax stays finite
-            logits, _ = self._prefill(self._state, self._put_rows(tokens), self._put_rows(valid), cache_length=prompt_slots)
+            logits, _ = self._prefill(self._weights, self._put_rows(tokens), self._put_rows(valid), cache_length=prompt_slots)
             logits = np.asarray(jax.device_get(logits), np.float64)[: len(chunk)]
             peak = logits.max(axis=-1, keepdims=True)
             log_normalizer = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=-1))
@@ -389,12 +398,12 @@ class Sampler:
             use_stops[row] = setting.stop_at_strings
 
         logits, cache = self._prefill(
-            self._state, self._put_rows(tokens), self._put_rows(valid), cache_length=cache_length
+            self._weights, self._put_rows(tokens), self._put_rows(valid), cache_length=cache_length
         )
         cache, logits, row_valid = self._fan_out(cache, logits, self._put_rows(valid), self._put_rows(row_to_prompt))
         keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
         out_tokens, out_logprobs, lengths, reasons, _ = self._decode(
-            self._state,
+            self._weights,
             cache,
             logits,
             row_valid,

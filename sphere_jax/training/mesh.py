@@ -12,7 +12,9 @@ logical name to zero or more mesh axes, and `logical_to_sharding` turns the name
 `NamedSharding`. A mesh axis that does not divide a dimension is dropped for that dimension, which then stays
 replicated along it; this lets, e.g., a model with 2 KV heads run on a 4-way tensor axis.
 
-NOTE: `shard_batch` builds global arrays from process-local data, but only single-process runs are tested.
+With several processes (`jax.distributed`), every process holds the same global batch on the host and
+`shard_batch` places on each device the rows that device owns; tests/test_distributed.py checks that two
+processes train exactly as one.
 """
 
 from __future__ import annotations
@@ -218,6 +220,22 @@ def shard_pytree(tree: Any, logical_axes_tree: Any, mesh: Mesh, rules: LogicalRu
     return jax.device_put(tree, tree_shardings(tree, logical_axes_tree, mesh, rules))
 
 
+def put_global(tree: Any, shardings: Any) -> Any:
+    """Copy `tree` onto `shardings` (a matching pytree), also when they span other processes' devices.
+
+    With several processes every process passes the same values and places the shards its devices own.
+    The result never aliases the input, so a caller may donate it.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings, may_alias=False)
+
+    def place(value: Any, sharding: NamedSharding) -> jax.Array:
+        host = np.asarray(value)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(place, tree, shardings)
+
+
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Return the sharding that splits dimension 0 over ("data", "fsdp") and replicates the other dimensions."""
     if ndim < 1:
@@ -228,26 +246,24 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """Split the leading (batch) dimension of every array in `batch` over the ("data", "fsdp") mesh axes.
 
-    Each process passes its own rows; the result is the global array, whose batch dimension is the sum over
-    processes.
+    Every process passes the same global batch (all processes read the same pairs in the same order); each
+    device receives its own rows, so this works for one process and for several alike.
 
     Raises:
-        ValueError: If an array's process-local batch size is not a multiple of the number of local devices
-            along ("data", "fsdp"). Pad the batch with zero-weight rows (see `losses.dpo_loss`'s `pair_weights`)
-            or change the batch size.
+        ValueError: If an array's batch size is not a multiple of the number of devices along ("data", "fsdp").
+            Pad the batch with zero-weight rows (see `losses.dpo_loss`'s `pair_weights`) or change the batch size.
     """
     batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-    local_batch_devices = max(1, batch_devices // jax.process_count())
 
     def place(path: tuple[Any, ...], array: Any) -> jax.Array:
         array = np.asarray(array)
-        if array.ndim == 0 or array.shape[0] % local_batch_devices != 0:
+        if array.ndim == 0 or array.shape[0] % batch_devices != 0:
             raise ValueError(
                 f"Batch entry {jax.tree_util.keystr(path)} has shape {array.shape}, but its leading dimension must "
-                f"be a multiple of {local_batch_devices} (mesh axes data x fsdp = {batch_devices}). Pad the batch "
+                f"be a multiple of {batch_devices} (mesh axes data x fsdp = {batch_devices}). Pad the batch "
                 "with zero-weight rows or change the batch size."
             )
-        return jax.make_array_from_process_local_data(batch_sharding(mesh, array.ndim), array)
+        return jax.make_array_from_callback(array.shape, batch_sharding(mesh, array.ndim), lambda index: array[index])
 
     return jax.tree_util.tree_map_with_path(place, batch)
 

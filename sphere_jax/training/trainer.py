@@ -40,7 +40,7 @@ from sphere_jax.training.checkpointing import (
     restore_target,
 )
 from sphere_jax.training.losses import DPOLossConfig, dpo_loss
-from sphere_jax.training.mesh import BATCH_AXES, batch_sharding, make_mesh, shard_batch
+from sphere_jax.training.mesh import BATCH_AXES, batch_sharding, make_mesh, put_global, shard_batch
 from sphere_jax.training.schedule import OptimizerConfig, make_optimizer
 
 logger = logging.getLogger(__name__)
@@ -321,7 +321,7 @@ class DPOTrainer:
         self._params_treedef = jax.tree.structure(params_state)
         self.param_shardings: Params = nnx.to_pure_dict(state_shardings(params_state, self.mesh))
         # A copy, because the train step donates its parameters and must not delete the caller's model arrays.
-        self.params: Params = jax.device_put(nnx.to_pure_dict(params_state), self.param_shardings, may_alias=False)
+        self.params: Params = put_global(nnx.to_pure_dict(params_state), self.param_shardings)
 
         self.optimizer, self.schedule = make_optimizer(config.optimizer)
         self._params_target = restore_target(self.params, self.param_shardings)
@@ -333,7 +333,7 @@ class DPOTrainer:
         self.step = 0
         self.epoch = 0
         self.batch_index = 0
-        self.rng_key = jax.device_put(jax.random.key(config.seed), self._replicated)
+        self.rng_key = jax.jit(lambda: jax.random.key(config.seed), out_shardings=self._replicated)()
 
         # The reference comes from the model as passed in, before a checkpoint replaces the parameters.
         self.reference_params: Params | None = None
@@ -359,7 +359,7 @@ class DPOTrainer:
             raise ValueError(
                 "reference_model has a different parameter structure from the policy; build both from one config."
             )
-        return jax.device_put(nnx.to_pure_dict(state), self.param_shardings, may_alias=False)
+        return put_global(nnx.to_pure_dict(state), self.param_shardings)
 
     def _merge(self, params: Params) -> nnx.Module:
         state = jax.tree.unflatten(self._params_treedef, jax.tree.leaves(params))
@@ -408,8 +408,9 @@ class DPOTrainer:
             return completion_logps(model, tokens, valid, loss_mask, hidden_positions, chunk_size, remat=False)
 
         in_batch = tuple(batch_sharding(self.mesh, 3) for _ in range(4))
+        # Replicated output: every process reads all log-probs, also when rows live on other hosts' devices.
         forward = jax.jit(forward, in_shardings=(self.param_shardings, *in_batch),
-                          out_shardings=batch_sharding(self.mesh, 2))
+                          out_shardings=NamedSharding(self.mesh, PartitionSpec()))
         order = np.argsort([pair.length for pair in self.pairs], kind="stable")
         logps = np.zeros((len(self.pairs), 2), np.float32)
         for start in range(0, len(order), batch_pairs):

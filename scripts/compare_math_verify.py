@@ -5,7 +5,8 @@ Two inputs:
   expected); the report also counts how often each checker matches the expected verdict.
 - `--pairs FILE.jsonl`: real sampler pairs, one JSON object a line with the fields `output`
   (the full model completion) and `gold` (a GSM8K solution with `#### n`, a MATH solution with
-  `\\boxed{}`, or a MATH-500 answer).
+  `\\boxed{}`, or a MATH-500 answer), or the `*.records.jsonl` that `sphere eval` writes.
+  Ours checks the answer that our extraction finds in the output, as the evaluation does.
 
 math-verify (PyPI `math-verify`, the test extra) gets the gold answer extracted by
 sphere_jax's extractors and wrapped in `$...$`, its documented gold form, and the prediction as
@@ -18,11 +19,12 @@ the right verdict joins tests/data/grader_cases.jsonl. Run:
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 from pathlib import Path
 
-from sphere_jax.grading import AnswerChecker, extract_answer, gsm8k_gold, last_boxed
+from sphere_jax.grading import AnswerChecker, Verdict, extract_answer, gsm8k_gold, last_boxed
 
 
 def gold_for_math_verify(gold: str) -> str:
@@ -55,6 +57,11 @@ def math_verify_verdicts(pairs: list[tuple[str, str]]) -> list[bool]:
 
 
 def load_rows(args: argparse.Namespace) -> list[dict]:
+    """Read corpus cases, or sampler pairs as (gold, full output, our extracted answer) rows.
+
+    A pairs file may also be the per-problem records that `sphere eval` writes (`*.records.jsonl`):
+    each of a record's samples becomes one pair with the record's gold answer.
+    """
     path = args.corpus or args.pairs
     rows = []
     with path.open() as handle:
@@ -62,14 +69,33 @@ def load_rows(args: argparse.Namespace) -> list[dict]:
             if not line.strip():
                 continue
             row = json.loads(line)
-            if args.pairs is not None:
-                missing = {"output", "gold"} - row.keys()
-                if missing:
-                    raise SystemExit(f"{path}:{number}: missing field(s) {sorted(missing)}; each line needs output and gold")
-                extracted = extract_answer(row["output"])
-                row = {"gold": row["gold"], "prediction": row["output"], "extracted": extracted}
-            rows.append(row)
+            if args.corpus is not None:
+                rows.append(row)
+                continue
+            outputs = [sample["output"] for sample in row["samples"]] if "samples" in row else [row.get("output")]
+            if "gold" not in row or any(output is None for output in outputs):
+                raise SystemExit(f"{path}:{number}: each line needs output and gold (or an eval record with samples)")
+            for output in outputs:
+                rows.append({"gold": row["gold"], "prediction": output, "extracted": extract_answer(output)})
     return rows
+
+
+def our_verdicts(rows: list[dict], checker: AnswerChecker) -> list[Verdict]:
+    """Check corpus predictions as written, and sampler outputs through our answer extraction.
+
+    An output with no extractable answer is "unparsable" without a check, as in the evaluation harness.
+    """
+    verdicts: list[Verdict | None] = [None] * len(rows)
+    to_check = []
+    for index, row in enumerate(rows):
+        prediction = row["extracted"] if "extracted" in row else row["prediction"]
+        if prediction is None:
+            verdicts[index] = Verdict(equal=False, reason="unparsable")
+        else:
+            to_check.append((index, (row["gold"], prediction)))
+    for (index, _), verdict in zip(to_check, checker.check_many([pair for _, pair in to_check]), strict=True):
+        verdicts[index] = verdict
+    return verdicts
 
 
 def main() -> None:
@@ -85,8 +111,8 @@ def main() -> None:
     rows = load_rows(args)
     pairs = [(row["gold"], row["prediction"]) for row in rows]
     with AnswerChecker(workers=args.workers, deadline_s=args.deadline_s) as checker:
-        ours = checker.check_many(pairs)
-        counts = dict(checker.counts)
+        ours = our_verdicts(rows, checker)
+    counts = collections.Counter(verdict.reason for verdict in ours)
     theirs = math_verify_verdicts(pairs)
 
     disagreements = []
@@ -97,6 +123,7 @@ def main() -> None:
             "index": index,
             "gold": row["gold"][-200:],
             "prediction": row["prediction"][-200:],
+            "extracted": row.get("extracted"),
             "ours": verdict.reason,
             "math_verify": "equal" if reference else "not_equal",
         }

@@ -1,8 +1,8 @@
 """Two JAX processes on localhost train DPO exactly as one process does.
 
-Each child process gets 4 fake CPU devices, joins a `jax.distributed` job whose coordinator listens on
-127.0.0.1, and trains the tiny decoder on a (data 2, fsdp 4) mesh over all 8 devices of both processes, with
-the reference log-probs precomputed across both and a checkpoint written by both. A third process trains the
+Each child process gets 4 fake CPU devices and joins a `jax.distributed` job whose coordinator listens on
+127.0.0.1. Together they train the tiny decoder on a (data 2, fsdp 4) mesh over all 8 devices. Both compute
+the reference log-probs and write the checkpoint together. A third process trains the
 same model on one device. The per-step losses and gradient norms must agree.
 """
 
@@ -101,11 +101,11 @@ def test_two_processes_train_like_one(tmp_path, tokenizer):
     finish(single)
 
     two = json.loads((tmp_path / "two.json").read_text())
-    one = json.loads((tmp_path / "one.json").read_text())
-    print({"two": two, "one": one})
+    single_run = json.loads((tmp_path / "one.json").read_text())
+    print({"two": two, "one": single_run})
     assert (two["process_count"], two["devices"], two["local_devices"]) == (2, 8, 4)
-    assert (one["process_count"], one["devices"]) == (1, 1)
-    for a, b in zip(two["reference_logps"], one["reference_logps"], strict=True):
+    assert (single_run["process_count"], single_run["devices"]) == (1, 1)
+    for a, b in zip(two["reference_logps"], single_run["reference_logps"], strict=True):
         for x, y in zip(a, b, strict=True):
             assert abs(x - y) <= 1e-5 * abs(y)
     for name in ("loss", "grad_norm"):

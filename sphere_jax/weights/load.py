@@ -28,6 +28,7 @@ from flax import nnx
 from sphere_jax.models.config import ModelConfig
 from sphere_jax.weights import gguf_import
 from sphere_jax.weights.assemble import WeightAssembler
+from sphere_jax.weights.gguf_tokenizer import gguf_tokenizer
 from sphere_jax.weights.hub import OFFLINE_HINT, hub_snapshot
 from sphere_jax.weights.mapping import WeightError
 from sphere_jax.weights.packaged import packaged_gguf
@@ -132,7 +133,7 @@ def convert_gguf(path: Path, cache_dir: Path) -> Path:
             writer.add(name, array)
         writer.close()
         (staging / "config.json").write_text(json.dumps(hf_config, indent=2))
-        tokenizer = _gguf_tokenizer(path)
+        tokenizer = gguf_tokenizer(path)
         tokenizer.save_pretrained(str(staging))
         (staging / "sphere_source.json").write_text(json.dumps({"gguf": str(path.resolve())}))
         try:
@@ -145,12 +146,6 @@ def convert_gguf(path: Path, cache_dir: Path) -> Path:
             shutil.rmtree(staging)
     log.info("converted %s to %s in %.1f s", path, target, time.perf_counter() - started)
     return target
-
-
-def _gguf_tokenizer(path: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
 def load_tokenizer(folder: Path) -> Any:

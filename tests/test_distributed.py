@@ -109,8 +109,8 @@ def test_two_processes_train_like_one(tmp_path, tokenizer):
         for x, y in zip(a, b, strict=True):
             assert abs(x - y) <= 1e-5 * abs(y)
     for name in ("loss", "grad_norm"):
-        assert len(two[name]) == len(one[name]) == 3
-        for x, y in zip(two[name], one[name], strict=True):
-            assert abs(x - y) / abs(y) <= 1e-5, (name, two[name], one[name])
+        assert len(two[name]) == len(single_run[name]) == 3
+        for x, y in zip(two[name], single_run[name], strict=True):
+            assert abs(x - y) / abs(y) <= 1e-5, (name, two[name], single_run[name])
     # Both processes wrote the checkpoint of step 3 together.
     assert (tmp_path / "two_ckpt" / "3").is_dir()

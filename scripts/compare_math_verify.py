@@ -5,7 +5,8 @@ Two inputs:
   expected); the report also counts how often each checker matches the expected verdict.
 - `--pairs FILE.jsonl`: real sampler pairs, one JSON object a line with the fields `output`
   (the full model completion) and `gold` (a GSM8K solution with `#### n`, a MATH solution with
-  `\\boxed{}`, or a MATH-500 answer), or the `*.records.jsonl` that `sphere eval` writes.
+  `\\boxed{}`, or a MATH-500 answer), or the per-problem records file
+  (`<benchmark>.jsonl`) that `sphere eval` writes.
   Ours checks the answer that our extraction finds in the output, as the evaluation does.
 
 math-verify (PyPI `math-verify`, the test extra) gets the gold answer extracted by
@@ -59,7 +60,7 @@ def math_verify_verdicts(pairs: list[tuple[str, str]]) -> list[bool]:
 def load_rows(args: argparse.Namespace) -> list[dict]:
     """Read corpus cases, or sampler pairs as (gold, full output, our extracted answer) rows.
 
-    A pairs file may also be the per-problem records that `sphere eval` writes (`*.records.jsonl`):
+    A pairs file may also be the per-problem records that `sphere eval` writes (`<benchmark>.jsonl`):
     each of a record's samples becomes one pair with the record's gold answer.
     """
     path = args.corpus or args.pairs

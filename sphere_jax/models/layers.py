@@ -76,7 +76,7 @@ def grouped_query_attention(
     """Scaled dot-product attention with H query heads sharing K key/value heads; returns [B, T, H, D].
 
     Keys and values come heads-first ([B, K, S, D], the KV cache layout), so both products are
-    batched over (B, K) without transposing the cache; with [B, S, K, D] XLA on CPU copies the
+    batched over (B, K) without transposing the cache. With [B, S, K, D], XLA on CPU copies the
     whole cache into that order at every decode step.
     """
     batch, length, heads, head_dim = q.shape

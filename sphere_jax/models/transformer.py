@@ -24,8 +24,8 @@ from sphere_jax.models.config import ModelConfig
 class KVCache(NamedTuple):
     """Dense keys and values, one buffer per layer, written in place at one slot offset for all rows.
 
-    Separate buffers per layer let every decode step update each layer's slot in place; one
-    stacked buffer updated inside a layer loop is copied whole on CPU.
+    Separate buffers let every decode step update each layer's slot in place. One stacked buffer,
+    updated inside a layer loop, is copied whole on CPU.
     """
 
     k: tuple[jax.Array, ...]  # layers x [batch, kv_heads, cache_length, head_dim]
@@ -125,8 +125,8 @@ class Transformer(nnx.Module):
         """Run the blocks and the final norm; return hidden states [B, T, E] and the updated cache.
 
         Without a cache the layers run in a `lax.scan` over the stacked weights (training). With
-        one, this is `cached_hidden_states` on static slices of them; a sampler that decodes many
-        steps should hold `decode_weights()` instead, which are not copied per call.
+        one, this is `cached_hidden_states` on static slices of them, which XLA copies per call. A
+        sampler that decodes many steps holds `decode_weights()` instead.
         """
         if cache is not None:
             return cached_hidden_states(self.cfg, self.decode_weights(copy=False), tokens, positions, kv_valid, cache, cache_offset)

@@ -177,3 +177,26 @@ def test_bad_input_raises_before_work(smollm2, prompt, params, message):
     with pytest.raises(SamplingError, match=message):
         sampler.generate(["fine prompt", prompt], params)
     assert sampler.compile_count == 0
+
+
+def test_update_model_serves_new_weights_without_recompiling(smollm2, prompts):
+    tiny_config = smollm2.config.replace(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16)
+    first, second = (Transformer(tiny_config, rngs=nnx.Rngs(seed)) for seed in (0, 1))
+    sampler = Sampler(first, smollm2.tokenizer, config=SMALL_BUCKETS)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=16)
+    before = sampler.generate(prompts[:2], greedy)
+    compiles = sampler.compile_count
+
+    sampler.release_weights()
+    with pytest.raises(SamplingError, match="weights were released; call update_model"):
+        sampler.generate(prompts[:2], greedy)
+    sampler.update_model(second)
+    after = sampler.generate(prompts[:2], greedy)
+    sampler.update_model(first)
+    again = sampler.generate(prompts[:2], greedy)
+
+    assert sampler.compile_count == compiles
+    # Random tiny models may pick the same tokens; their log-probs tell the weights apart.
+    assert not np.allclose(after[0][0].logprobs, before[0][0].logprobs, atol=1e-3)
+    assert [c[0].token_ids for c in again] == [c[0].token_ids for c in before]
+    np.testing.assert_allclose(again[0][0].logprobs, before[0][0].logprobs, atol=1e-6)

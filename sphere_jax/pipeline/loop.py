@@ -137,6 +137,7 @@ def run(config: RunConfig) -> dict[str, Any]:
                 state.finish(f"generate:{iteration}", stats, time.perf_counter() - started)
             if not state.done(f"train:{iteration}"):
                 started = time.perf_counter()
+                policy.sampler.release_weights()  # the trainer needs the memory; update_model below restores it
                 result = _train(config, loaded, run_dir / f"iter{iteration}", metrics, iteration)
                 state.finish(f"train:{iteration}", result, time.perf_counter() - started)
             loaded = load_model(str(run_dir / f"iter{iteration}" / "policy"), param_dtype=config.policy.dtype,

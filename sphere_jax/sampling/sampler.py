@@ -135,6 +135,15 @@ class Sampler:
         self._weights = None  # free the old copy before making the new one
         self._weights = self._decode_weights(model)
 
+    def release_weights(self) -> None:
+        """Free the sampler's copy of the weights (for example while training); `update_model` restores one."""
+        self._weights = None
+
+    def _require_weights(self) -> DecodeWeights:
+        if self._weights is None:
+            raise SamplingError("the sampler's weights were released; call update_model(model) before sampling")
+        return self._weights
+
     def _decode_weights(self, model: Transformer) -> DecodeWeights:
         """Place the weights on the mesh, then copy them into the per-layer decoding layout."""
         if self.mesh is not None:
@@ -336,7 +345,7 @@ class Sampler:
                 tokens[slot, prompt_slots - len(encoded[i]) :] = encoded[i]
                 valid[slot, prompt_slots - len(encoded[i]) :] = True
             valid[len(chunk) :, -1] = True  # padding rows attend to one token, so softmax stays finite
-            logits, _ = self._prefill(self._weights, self._put_rows(tokens), self._put_rows(valid), cache_length=prompt_slots)
+            logits, _ = self._prefill(self._require_weights(), self._put_rows(tokens), self._put_rows(valid), cache_length=prompt_slots)
             logits = np.asarray(jax.device_get(logits), np.float64)[: len(chunk)]
             peak = logits.max(axis=-1, keepdims=True)
             log_normalizer = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=-1))
@@ -398,12 +407,12 @@ class Sampler:
             use_stops[row] = setting.stop_at_strings
 
         logits, cache = self._prefill(
-            self._weights, self._put_rows(tokens), self._put_rows(valid), cache_length=cache_length
+            self._require_weights(), self._put_rows(tokens), self._put_rows(valid), cache_length=cache_length
         )
         cache, logits, row_valid = self._fan_out(cache, logits, self._put_rows(valid), self._put_rows(row_to_prompt))
         keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
         out_tokens, out_logprobs, lengths, reasons, _ = self._decode(
-            self._weights,
+            self._require_weights(),
             cache,
             logits,
             row_valid,

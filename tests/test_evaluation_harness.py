@@ -234,6 +234,34 @@ def test_run_evaluation_writes_files_and_table(tokenizer, checker, tmp_path, cap
     assert "100.0" in table
 
 
+def test_run_evaluation_keeps_finished_benchmarks_when_a_later_one_fails(tokenizer, checker, tmp_path):
+    problems = load_problems("gsm8k:test", limit=6)
+    scripted = ScriptedGenerator(tokenizer, problems, GSM8K_OUTPUTS)
+
+    class FailsOnSecondBenchmark:
+        def generate(self, prompts, **settings):
+            if scripted.calls:
+                raise RuntimeError("device lost")
+            return scripted.generate(prompts, **settings)
+
+    config = EvalConfig(benchmarks=("gsm8k:test?limit=6", "gsm8k:test?limit=2"), max_new_tokens=64)
+    with pytest.raises(RuntimeError, match="device lost"):
+        run_evaluation(config, FailsOnSecondBenchmark(), tokenizer, tmp_path / "eval", checker=checker)
+
+    lines = (tmp_path / "eval" / "gsm8k_test_limit_6.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    assert not (tmp_path / "eval" / "gsm8k_test_limit_2.jsonl").exists()
+
+
+def test_run_evaluation_rejects_colliding_names_before_work(tokenizer, checker, tmp_path):
+    problems = load_problems("gsm8k:test", limit=1)
+    generator = ScriptedGenerator(tokenizer, problems, GSM8K_OUTPUTS)
+    config = EvalConfig(benchmarks=("gsm8k:test", "gsm8k/test"), max_new_tokens=64)
+    with pytest.raises(ValueError, match=r"would overwrite each other's files"):
+        run_evaluation(config, generator, tokenizer, tmp_path / "eval", checker=checker)
+    assert generator.calls == []
+
+
 def test_write_results_rejects_colliding_names(tokenizer, checker, tmp_path):
     problems = load_problems("gsm8k:test", limit=1)
     generator = ScriptedGenerator(tokenizer, problems, GSM8K_OUTPUTS)

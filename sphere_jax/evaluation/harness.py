@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sphere_jax.data import Problem, ProblemSet, load_problems
@@ -101,7 +101,12 @@ def evaluate_benchmark(
 
 
 def evaluate(
-    config: EvalConfig, generator: Generator, tokenizer: Any, *, checker: AnswerChecker | None = None
+    config: EvalConfig,
+    generator: Generator,
+    tokenizer: Any,
+    *,
+    checker: AnswerChecker | None = None,
+    on_result: Callable[[BenchmarkResult], None] | None = None,
 ) -> list[BenchmarkResult]:
     """Load and evaluate every benchmark of ``config`` with one answer checker.
 
@@ -110,15 +115,27 @@ def evaluate(
         generator: The sampler.
         tokenizer: A tokenizer with the model's chat template.
         checker: An open checker to reuse; None opens one with the config's workers and deadline.
+        on_result: Called with each benchmark's result as soon as it is done, for example to write
+            it, so a failure in a later benchmark loses nothing already evaluated.
     """
     problem_sets = [
         load_problems(spec, limit=config.limit, seed=config.subset_seed, strict=config.strict_data)
         for spec in config.benchmarks
     ]
+
+    def evaluate_all(opened: AnswerChecker) -> list[BenchmarkResult]:
+        results = []
+        for problems in problem_sets:
+            result = evaluate_benchmark(problems, generator, tokenizer, config, opened)
+            if on_result is not None:
+                on_result(result)
+            results.append(result)
+        return results
+
     if checker is not None:
-        return [evaluate_benchmark(problems, generator, tokenizer, config, checker) for problems in problem_sets]
+        return evaluate_all(checker)
     with AnswerChecker(workers=config.checker_workers, deadline_s=config.checker_deadline_s) as opened:
-        return [evaluate_benchmark(problems, generator, tokenizer, config, opened) for problems in problem_sets]
+        return evaluate_all(opened)
 
 
 def _generate_all(generator: Generator, prompts: Sequence[str], config: EvalConfig) -> list[list[GeneratedText]]:

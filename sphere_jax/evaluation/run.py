@@ -9,7 +9,7 @@ from typing import Any
 from sphere_jax.evaluation.config import EvalConfig
 from sphere_jax.evaluation.generator import Generator
 from sphere_jax.evaluation.harness import BenchmarkResult, evaluate
-from sphere_jax.evaluation.report import format_table, write_results
+from sphere_jax.evaluation.report import benchmark_slug, format_table, write_results
 from sphere_jax.grading import AnswerChecker
 
 logger = logging.getLogger(__name__)
@@ -25,6 +25,8 @@ def run_evaluation(
 ) -> list[BenchmarkResult]:
     """Evaluate every benchmark, write ``<slug>.json`` and ``<slug>.jsonl`` to ``output_dir`` and print a table.
 
+    Each benchmark's files are written as soon as it is done, so an error in a later one keeps them.
+
     The answer checker starts worker processes with the 'spawn' method, which re-imports the
     main module, so a script that calls this must guard its entry point with
     ``if __name__ == "__main__":``.
@@ -39,9 +41,14 @@ def run_evaluation(
     Returns:
         The results, in the order of ``config.benchmarks``.
     """
-    results = evaluate(config, generator, tokenizer, checker=checker)
-    paths = write_results(results, output_dir)
-    for report_path, records_path in paths:
-        logger.info("Wrote %s and %s", report_path, records_path)
+    slugs = [benchmark_slug(spec) for spec in config.benchmarks]
+    if len(set(slugs)) != len(slugs):
+        raise ValueError(f"Benchmarks {slugs} would overwrite each other's files; give distinct specs.")
+
+    def write(result: BenchmarkResult) -> None:  # each benchmark's files as soon as it is done
+        for report_path, records_path in write_results([result], output_dir):
+            logger.info("Wrote %s and %s", report_path, records_path)
+
+    results = evaluate(config, generator, tokenizer, checker=checker, on_result=write)
     print(format_table([result.report for result in results]))
     return results

@@ -32,7 +32,7 @@ def test_pairs_from_eval_records_and_plain_lines(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
     assert summary.startswith("pairs: 3; disagreements: 0;"), summary
-    # Two answers are checked and equal; the output with no answer is unparsable without a check.
+    # Two extracted answers are checked and equal. The output without an answer is unparsable, unchecked.
     assert "'equal': 2" in summary, summary
     assert "'unparsable': 1" in summary, summary
     assert out.read_text() == ""

@@ -234,7 +234,7 @@ def test_run_evaluation_writes_files_and_table(tokenizer, checker, tmp_path, cap
     assert "100.0" in table
 
 
-def test_run_evaluation_keeps_finished_benchmarks_when_a_later_one_fails(tokenizer, checker, tmp_path):
+def test_run_evaluation_keeps_earlier_benchmark_files(tokenizer, checker, tmp_path):
     problems = load_problems("gsm8k:test", limit=6)
     scripted = ScriptedGenerator(tokenizer, problems, GSM8K_OUTPUTS)
 

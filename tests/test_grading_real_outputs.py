@@ -1,6 +1,6 @@
 """Real sampler outputs where sphere_jax's checker and math-verify disagreed, with the reviewed verdict.
 
-tests/data/real_output_cases.jsonl holds one JSON object a line: the model's whole output, the gold
+tests/data/real_output_cases.jsonl contains one JSON object a line: the model's whole output, the gold
 answer, the model and benchmark it came from, the answer our extraction must find (null when the
 output has none), and the verdict a reviewer judged right, with the reason. These come from
 `scripts/compare_math_verify.py --pairs` runs on real greedy outputs of the packaged models.

@@ -126,7 +126,7 @@ class Transformer(nnx.Module):
 
         Without a cache the layers run in a `lax.scan` over the stacked weights (training). With
         one, this is `cached_hidden_states` on static slices of them, which XLA copies per call. A
-        sampler that decodes many steps holds `decode_weights()` instead.
+        sampler that decodes many steps keeps `decode_weights()` instead.
         """
         if cache is not None:
             return cached_hidden_states(self.cfg, self.decode_weights(copy=False), tokens, positions, kv_valid, cache, cache_offset)
@@ -201,7 +201,7 @@ def _block(
     cache_v: jax.Array | None = None,  # [B, K, S, D]
     cache_offset: jax.Array | int = 0,
 ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
-    """One pre-norm decoder block; with a cache, write this call's keys and values at cache_offset."""
+    """Run one pre-norm decoder block. With a cache, write this call's keys and values at cache_offset."""
     dtype = cfg.compute_jnp_dtype
     p = jax.tree.map(lambda a: a.astype(dtype), p)
     h = layers.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)

@@ -47,7 +47,7 @@ def gguf_tokenizer_fields(path: Path) -> tuple[str, dict[str, Any], dict[str, An
     if "tokens" not in tokenizer:
         raise WeightError(f"{path}: no tokenizer.ggml.tokens in the GGUF metadata, so no tokenizer")
     if tokenizer.get("tokenizer_type") == "llama":
-        config.setdefault("add_bos_token", True)  # sentencepiece vocabularies add BOS unless they say otherwise
+        config.setdefault("add_bos_token", True)  # sentencepiece vocabularies add BOS unless the file sets add_bos_token
     for name, id_key in _SPECIAL_TOKENS.items():
         token_id = tokenizer.get(id_key)
         config[name] = tokenizer["tokens"][token_id] if token_id is not None else None

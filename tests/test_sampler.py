@@ -14,6 +14,7 @@ from flax import nnx
 from sphere_jax.models.logprobs import sequence_logprobs
 from sphere_jax.models.transformer import Transformer
 from sphere_jax.sampling.params import SamplingError, SamplingParams
+from sphere_jax.sampling.prefix_groups import group_by_shared_prefix
 from sphere_jax.sampling.sampler import Sampler, SamplerConfig
 from sphere_jax.sampling.stops import stop_tables, token_texts
 
@@ -122,6 +123,31 @@ def test_sampler_logprobs_equal_trainer_logprobs(smollm2, sampler, prompts):
     trainer = np.asarray(sequence_logprobs(smollm2.model, tokens, jnp.ones(tokens.shape, bool)))[0, len(prompt_ids) :]
     assert len(completion.logprobs) == len(trainer)
     assert np.max(np.abs(np.asarray(completion.logprobs) - trainer)) <= 1e-4
+
+
+def test_shared_prefix_scoring_equals_whole_prompts(smollm2, sampler, prompts):
+    # Verification prompts for three candidate steps of two problems, as the self-judge reward
+    # builds them, plus an unrelated prompt that is prefilled whole.
+    steps = ["She has 16 eggs.", "16 - 3 - 4 = 9 eggs.", "She sells 9 eggs for $18."]
+    judged = [
+        chat(smollm2.tokenizer, f"Problem: {question}\n\nStep 1: {step}\n\nCorrect? Yes or No.")
+        for question in gsm8k_questions(2)
+        for step in steps
+    ]
+    batch = [judged[0], prompts[3], *judged[1:]]
+    encoded = [smollm2.tokenizer(p, add_special_tokens=False)["input_ids"] for p in batch]
+    groups = group_by_shared_prefix(
+        encoded, min_shared=SMALL_BUCKETS.min_shared_prefix, max_members=8, max_rest=SMALL_BUCKETS.new_token_buckets[-1]
+    )
+    assert sorted(sorted(g.members) for g in groups if g.shared) == [[0, 2, 3], [4, 5, 6]]
+
+    token_ids = smollm2.tokenizer(["Yes", "No", " Yes", " No"], add_special_tokens=False)["input_ids"]
+    token_ids = [ids[0] for ids in token_ids] + [0, 1000]
+    shared = sampler.next_token_logprobs(batch, token_ids)
+    whole = sampler.next_token_logprobs(batch, token_ids, share_prefixes=False)
+    assert shared.shape == (7, 6)
+    assert np.max(np.abs(shared - whole)) <= 1e-4
+    assert np.all(shared < 0) and np.ptp(shared[:, 0]) > 0.01  # real, prompt-dependent log-probs
 
 
 def test_fifty_requests_compile_once_per_bucket(smollm2, prompts):

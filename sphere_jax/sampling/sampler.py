@@ -32,6 +32,7 @@ from sphere_jax.models.transformer import (
 from sphere_jax.sampling import stops
 from sphere_jax.sampling.filters import sample_tokens
 from sphere_jax.sampling.params import SamplingError, SamplingParams
+from sphere_jax.sampling.prefix_groups import PrefixGroup, group_by_shared_prefix
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class SamplerConfig:
     new_token_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     max_top_k: int = 256  # candidates considered when top-k or top-p is on
+    min_shared_prefix: int = 32  # prompts scored together share at least this many tokens to share a prefill
 
 
 def _bucket(value: int, buckets: Sequence[int], what: str) -> int:
@@ -123,6 +125,7 @@ class Sampler:
             log.info("built stop-string tables for %s in %.2f s", self.stop_strings, time.perf_counter() - started)
         self._prefill = jax.jit(self._prefill_impl, static_argnames=("cache_length",))
         self._fan_out = jax.jit(self._fan_out_impl)
+        self._extend = jax.jit(self._extend_impl, static_argnames=("offset",), donate_argnames=("cache",))
         self._decode = jax.jit(self._decode_impl, static_argnames=("prompt_slots", "steps"), donate_argnames=("cache",))
 
     # ------------------------------------------------------------------------------------
@@ -183,6 +186,16 @@ class Sampler:
             jnp.take(logits, row_to_prompt, axis=0),
             jnp.take(valid, row_to_prompt, axis=0),
         )
+
+    def _extend_impl(self, weights: DecodeWeights, cache: KVCache, tokens, positions, kv_valid, *, offset: int):
+        """Run tokens [B, T] on a cache filled up to slot `offset`; return last-position logits [B, V].
+
+        The cache is donated and returned, so XLA writes the new keys and values in place.
+        """
+        self.compile_count += 1
+        cfg = self.model_config
+        hidden, cache = cached_hidden_states(cfg, weights, tokens, positions, kv_valid, cache, offset)
+        return decode_logits(cfg, weights, hidden[:, -1]), cache
 
     def _decode_impl(
         self,
@@ -323,10 +336,19 @@ class Sampler:
                 results[completion.prompt_index][completion.sample_index] = completion
         return [[c for c in row if c is not None] for row in results]
 
-    def next_token_logprobs(self, prompts: Sequence[str | Sequence[int]], token_ids: Sequence[int]) -> np.ndarray:
+    def next_token_logprobs(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        token_ids: Sequence[int],
+        *,
+        share_prefixes: bool = True,
+    ) -> np.ndarray:
         """Return log p(token | prompt) [len(prompts), len(token_ids)] for the token after each prompt.
 
-        One prefill per prompt and no decoding: this is how a verifier prompt scores "Yes".
+        No decoding: this is how a verifier prompt scores "Yes". Prompts that start with the same
+        tokens (the E candidates of one search node under one verification prompt) are grouped,
+        and each group's common start is prefilled once; then only the rest of each prompt is run
+        on a copy of that cache. `share_prefixes=False` prefills every prompt whole.
         """
         encoded = [self._encode(p, i) for i, p in enumerate(prompts)]
         for index, ids in enumerate(encoded):
@@ -334,23 +356,75 @@ class Sampler:
         selected = np.asarray(token_ids, np.int64)
         results = np.zeros((len(encoded), len(selected)), np.float32)
         limit = self.config.batch_buckets[-1]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        for start in range(0, len(order), limit):
-            chunk = order[start : start + limit]
-            prompt_slots = _bucket(max(len(encoded[i]) for i in chunk), self.config.prompt_buckets, "prompt length")
-            rows = _bucket(len(chunk), self.config.batch_buckets, "prompts per batch")
-            tokens = np.full((rows, prompt_slots), self.pad_id, np.int32)
-            valid = np.zeros((rows, prompt_slots), bool)
-            for slot, i in enumerate(chunk):
-                tokens[slot, prompt_slots - len(encoded[i]) :] = encoded[i]
-                valid[slot, prompt_slots - len(encoded[i]) :] = True
-            valid[len(chunk) :, -1] = True  # padding rows attend to one token, so softmax stays finite
-            logits, _ = self._prefill(self._require_weights(), self._put_rows(tokens), self._put_rows(valid), cache_length=prompt_slots)
-            logits = np.asarray(jax.device_get(logits), np.float64)[: len(chunk)]
-            peak = logits.max(axis=-1, keepdims=True)
-            log_normalizer = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=-1))
-            results[chunk] = logits[:, selected] - log_normalizer[:, None]
+        if share_prefixes:
+            groups = group_by_shared_prefix(
+                encoded,
+                min_shared=self.config.min_shared_prefix,
+                max_members=limit,
+                max_rest=self.config.new_token_buckets[-1],
+            )
+        else:
+            groups = [PrefixGroup((i,), 0) for i in range(len(encoded))]
+        whole = sorted((g.members[0] for g in groups if g.shared == 0), key=lambda i: len(encoded[i]))
+        for start in range(0, len(whole), limit):
+            chunk = whole[start : start + limit]
+            results[chunk] = _select_logprobs(self._prefill_whole([encoded[i] for i in chunk]), selected)
+        shared = sorted((g for g in groups if g.shared > 0), key=lambda g: g.shared)
+        chunk: list[PrefixGroup] = []
+        for group in [*shared, None]:
+            if chunk and (group is None or sum(len(g.members) for g in chunk) + len(group.members) > limit):
+                rows = [i for g in chunk for i in g.members]
+                results[rows] = _select_logprobs(self._prefill_shared(chunk, encoded), selected)
+                chunk = []
+            if group is not None:
+                chunk.append(group)
         return results
+
+    def _prefill_whole(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        """Prefill each sequence whole; return last-position logits [len(sequences), V] fp32."""
+        prompt_slots = _bucket(max(len(ids) for ids in sequences), self.config.prompt_buckets, "prompt length")
+        rows = _bucket(len(sequences), self.config.batch_buckets, "prompts per batch")
+        tokens, valid = _left_padded(sequences, rows, prompt_slots, self.pad_id)
+        logits, _ = self._prefill(
+            self._require_weights(), self._put_rows(tokens), self._put_rows(valid), cache_length=prompt_slots
+        )
+        return np.asarray(jax.device_get(logits))[: len(sequences)]
+
+    def _prefill_shared(self, groups: Sequence[PrefixGroup], encoded: Sequence[Sequence[int]]) -> np.ndarray:
+        """Prefill each group's shared start once, then every member's rest on a copy of its cache.
+
+        Returns last-position logits [members, V] fp32, members in group order.
+        """
+        cfg = self.config
+        heads = [encoded[g.members[0]][: g.shared] for g in groups]
+        rests = [encoded[i][g.shared :] for g in groups for i in g.members]
+        prefix_slots = _bucket(max(len(h) for h in heads), cfg.prompt_buckets, "shared prompt start")
+        rest_slots = _bucket(max(len(r) for r in rests), cfg.new_token_buckets, "prompt rest after the shared start")
+        prefix_rows = _bucket(len(heads), cfg.batch_buckets, "prompt groups per batch")
+        rows = _bucket(len(rests), cfg.batch_buckets, "prompts per batch")
+
+        head_tokens, head_valid = _left_padded(heads, prefix_rows, prefix_slots, self.pad_id)
+        row_to_group = np.zeros((rows,), np.int32)
+        row_to_group[: len(rests)] = [slot for slot, g in enumerate(groups) for _ in g.members]
+        rest_tokens, rest_valid = _left_padded(rests, rows, rest_slots, self.pad_id)
+        # Each row's cache has its shared start in slots [0, prefix_slots) and its rest after them, both left padded.
+        kv_valid = np.concatenate([head_valid[row_to_group], rest_valid], axis=1)
+        positions = np.maximum(np.cumsum(kv_valid, axis=1) - 1, 0)[:, prefix_slots:].astype(np.int32)
+
+        weights = self._require_weights()
+        logits, cache = self._prefill(
+            weights, self._put_rows(head_tokens), self._put_rows(head_valid), cache_length=prefix_slots + rest_slots
+        )
+        cache, _, _ = self._fan_out(cache, logits, self._put_rows(head_valid), self._put_rows(row_to_group))
+        logits, _ = self._extend(
+            weights,
+            cache,
+            self._put_rows(rest_tokens),
+            self._put_rows(positions),
+            self._put_rows(kv_valid),
+            offset=prefix_slots,
+        )
+        return np.asarray(jax.device_get(logits))[: len(rests)]
 
     def _groups(self, encoded, params) -> list[list[tuple[int, int]]]:
         """Split (prompt, sample) rows into batches of at most the largest batch bucket.
@@ -447,3 +521,25 @@ class Sampler:
                 )
             )
         return completions
+
+
+def _left_padded(sequences: Sequence[Sequence[int]], rows: int, slots: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids [rows, slots] with each sequence ending at the last slot, and their mask.
+
+    Rows past the sequences attend to one padding token, so their softmax stays finite.
+    """
+    tokens = np.full((rows, slots), pad_id, np.int32)
+    valid = np.zeros((rows, slots), bool)
+    for row, ids in enumerate(sequences):
+        tokens[row, slots - len(ids) :] = ids
+        valid[row, slots - len(ids) :] = True
+    valid[len(sequences) :, -1] = True
+    return tokens, valid
+
+
+def _select_logprobs(logits: np.ndarray, selected: np.ndarray) -> np.ndarray:
+    """Log-softmax of logits [N, V] in fp64, at the columns `selected`: [N, len(selected)]."""
+    logits = logits.astype(np.float64)
+    peak = logits.max(axis=-1, keepdims=True)
+    log_normalizer = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=-1))
+    return logits[:, selected] - log_normalizer[:, None]

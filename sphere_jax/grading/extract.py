@@ -8,6 +8,7 @@ comparable values.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 
@@ -24,44 +25,44 @@ _FINAL_ANSWER = re.compile(r"final\s+answer\s*(?:is)?\s*[:=]\s*(.+?)" + _SENTENC
 _THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 
 
-def _match_braces(text: str, open_index: int) -> int | None:
-    """Return the index of the brace that closes the one at `open_index`, or None if unbalanced.
+def _unescaped_braces(text: str, start: int = 0) -> Iterator[tuple[int, int]]:
+    """Yield (index, +1 for `{` or -1 for `}`) for each brace from `start` on.
 
-    Escaped braces (`\\{`, `\\}`) do not count, so `\\boxed{\\{1, 2\\}}` closes at the last brace.
+    Escaped braces (`\\{`, `\\}`) are literal characters and are skipped.
     """
-    depth = 0
-    index = open_index
+    index = start
     while index < len(text):
         char = text[index]
         if char == "\\":
             index += 2
             continue
         if char == "{":
-            depth += 1
+            yield index, 1
         elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return index
+            yield index, -1
         index += 1
+
+
+def _match_braces(text: str, open_index: int) -> int | None:
+    """Return the index of the brace that closes the one at `open_index`, or None if unbalanced.
+
+    Escaped braces do not count, so `\\boxed{\\{1, 2\\}}` closes at the last brace.
+    """
+    depth = 0
+    for index, change in _unescaped_braces(text, open_index):
+        depth += change
+        if depth == 0:
+            return index
     return None
 
 
 def braces_balanced(text: str) -> bool:
     """Return whether every unescaped ``{`` has its ``}``; ``\\{`` and ``\\}`` are literal braces."""
     depth = 0
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if char == "\\":
-            index += 2
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth < 0:
-                return False
-        index += 1
+    for _, change in _unescaped_braces(text):
+        depth += change
+        if depth < 0:
+            return False
     return depth == 0
 
 

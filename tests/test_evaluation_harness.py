@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -162,6 +163,25 @@ def test_greedy_gsm8k_report_and_records(tokenizer, checker):
     assert records["gsm8k:test:5"]["metrics"] == {"pass@1": 1.0}
 
 
+@pytest.mark.parametrize(("fallback", "expected"), [("none", [None, None, None]), ("last_number", ["18", "540", None])])
+def test_answer_fallback_skips_cut_outputs(tokenizer, checker, fallback, expected):
+    # Answers stated in prose; the third output is cut at max_new_tokens (the scripted generator
+    # marks outputs with "not sure" as cut), so its last number is not an answer.
+    outputs = {
+        "gsm8k:test:0": "She sells 9 eggs at 2 dollars each, so she makes 18 dollars.",
+        "gsm8k:test:3": "He runs 3 sprints of 60 meters 3 times a week: 540 meters.",
+        "gsm8k:test:4": "I am not sure yet: 4 hours writing, 20",
+    }
+    problems = load_problems("gsm8k:test", limit=5)
+    problems = dataclasses.replace(problems, problems=[p for p in problems.problems if p.id in outputs])
+    config = EvalConfig(benchmarks=("gsm8k:test",), max_new_tokens=64, answer_fallback=fallback)
+    result = evaluate_benchmark(problems, ScriptedGenerator(tokenizer, problems.problems, outputs), tokenizer, config, checker)
+    samples = [record["samples"][0] for record in result.records]
+    assert [s["extracted_answer"] for s in samples] == expected
+    assert [s["equal"] for s in samples] == [answer is not None for answer in expected]
+    assert result.report["accuracy"]["value"] == pytest.approx(sum(a is not None for a in expected) / 3)
+
+
 def test_sampled_math500_pass_and_majority(tokenizer, checker):
     problems = load_problems("math500:test", limit=3)
     # Gold answers: (3, pi/2) at level 2, p - q at level 5, 14/3 at level 3.
@@ -280,6 +300,7 @@ def test_write_results_rejects_colliding_names(tokenizer, checker, tmp_path):
         ({"mode": "beam"}, r"Unknown mode 'beam'"),
         ({"benchmarks": ()}, r"benchmarks is empty"),
         ({"max_new_tokens": 0}, r"max_new_tokens must be at least 1, got 0"),
+        ({"answer_fallback": "first_number"}, r"answer_fallback='first_number' is not one of 'none', 'last_number'"),
     ],
 )
 def test_eval_config_rejects_invalid(settings, message):

@@ -119,3 +119,18 @@ def test_invalid_generator_config():
         GeneratorConfig(inverted="flip")
     with pytest.raises(ValueError, match="search.candidates=1: need at least 2"):
         SearchConfig(candidates=1)
+
+
+def test_fallback_skips_depth_cut_chains(tmp_path):
+    # One-step chains with no marked answer end at the depth limit. Their last numbers (6 is the
+    # gold) are intermediate values, so with the last_number fallback both chains still count as
+    # wrong and the problem goes to self-correction, not to Stage 1.
+    policy = ScriptedPolicy("policy", {"Q5": ["[r=0.9] she has 6 now", "[r=0.5] she had 4", "[r=0.1] 3 left"]})
+    config = GeneratorConfig(
+        search=SearchConfig(candidates=E, max_depth=1, answer_fallback="last_number"), problems_per_batch=1
+    )
+    models = GenerationModels(policy, ScriptedReward(), None, None)
+    Generator(models, InProcessChecker(), config).run([Problem("t:5", "Q5", "6", "t", "train")], tmp_path)
+    (tree,) = map(json.loads, (tmp_path / "trees.jsonl").read_text().splitlines())
+    assert tree["route"] == stages.SELF_CORRECTION
+    assert (tmp_path / "pairs.jsonl").read_text() == ""

@@ -49,6 +49,7 @@ def _eval(args: argparse.Namespace) -> int:
         limit=args.limit,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
+        answer_fallback=args.answer_fallback,
     )
     loaded = load_model(args.model, param_dtype=args.dtype, compute_dtype=args.dtype)
     sampler = Sampler(loaded.model, loaded.tokenizer, config=SamplerConfig(max_cache_length=args.max_cache_length))
@@ -160,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-cache-length", type=int, default=2048, help="prompt plus answer tokens per row")
     evaluate.add_argument("--batch-size", type=int, default=16, help="prompts per sampler call")
     evaluate.add_argument("--output-dir", type=Path, default=Path("runs/eval"), help="folder for reports and records")
+    evaluate.add_argument(
+        "--answer-fallback",
+        default="none",
+        choices=["none", "last_number"],
+        help="last_number: grade the last number of an output that ended without a marked final answer",
+    )
     evaluate.set_defaults(handler=_eval)
 
     export = commands.add_parser("export", help="write a model as an HF folder that transformers loads")

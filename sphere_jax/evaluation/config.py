@@ -31,6 +31,10 @@ class EvalConfig:
         checker_workers: Processes of the answer checker.
         checker_deadline_s: Seconds the checker may spend on one answer before it reports ``timed_out``.
         strict_data: Raise on bad data rows instead of skipping them.
+        answer_fallback: ``"none"`` reads an answer only from ``\\boxed{}``, ``#### n``, "the answer
+            is" or "final answer:". ``"last_number"`` also takes the last number of a completion
+            that has none of these and ended by itself (not cut at ``max_new_tokens``), for models
+            that state their answer in prose.
     """
 
     benchmarks: tuple[str, ...] = ("gsm8k:test",)
@@ -47,8 +51,11 @@ class EvalConfig:
     checker_workers: int = 2
     checker_deadline_s: float = 2.0
     strict_data: bool = False
+    answer_fallback: Literal["none", "last_number"] = "none"
 
     def __post_init__(self) -> None:
+        if self.answer_fallback not in ("none", "last_number"):
+            raise ValueError(f"EvalConfig.answer_fallback={self.answer_fallback!r} is not one of 'none', 'last_number'.")
         if not self.benchmarks:
             raise ValueError("EvalConfig.benchmarks is empty; name at least one spec such as 'gsm8k:test'.")
         if self.mode == "greedy":

@@ -13,7 +13,8 @@ from sphere_jax.evaluation.config import EvalConfig
 from sphere_jax.evaluation.generator import GeneratedText, Generator
 from sphere_jax.evaluation.prompts import build_prompt
 from sphere_jax.evaluation.scoring import ProblemScore, score_problem, summarize
-from sphere_jax.grading import AnswerChecker, Verdict, extract_answer
+from sphere_jax.grading import AnswerChecker, Verdict
+from sphere_jax.grading.extract import extract_answer_or_fallback
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,13 @@ def evaluate_benchmark(
     generation_s = time.perf_counter() - started
 
     started = time.perf_counter()
-    answers = [[extract_answer(sample.text) for sample in samples] for samples in completions]
+    answers = [
+        [
+            extract_answer_or_fallback(sample.text, config.answer_fallback, finished=sample.finish_reason != "length")
+            for sample in samples
+        ]
+        for samples in completions
+    ]
     verdicts = _check_all(checker, problems, answers)
     grading_s = time.perf_counter() - started
 

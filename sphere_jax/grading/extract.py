@@ -195,9 +195,13 @@ def last_number(text: str) -> str | None:
     return matches[-1].replace(",", "") if matches else None
 
 
-def extract_answer_or_fallback(text: str, fallback: str = "none") -> str | None:
-    """Return `extract_answer(text)`, or with fallback "last_number" the last number when that finds none."""
+def extract_answer_or_fallback(text: str, fallback: str = "none", *, finished: bool = True) -> str | None:
+    """Return `extract_answer(text)`, or with fallback "last_number" the last number when that finds none.
+
+    The fallback applies only to a `finished` output, one that the model ended itself. In an
+    output cut at a token or depth limit, the last number is an intermediate value.
+    """
     answer = extract_answer(text)
-    if answer is None and fallback == "last_number":
+    if answer is None and fallback == "last_number" and finished:
         return last_number(text)
     return answer

@@ -219,7 +219,10 @@ class Generator:
     def _outcomes(self, chains: Sequence[tuple[Chain, SearchTask]], times: PhaseTimes) -> list[stages.ChainOutcome]:
         """Extract and check each chain's final answer in one checker batch."""
         texts = [chain.text(self.delimiter) for chain, _ in chains]
-        answers = [extract_answer_or_fallback(text, self.config.search.answer_fallback) for text in texts]
+        answers = [
+            extract_answer_or_fallback(text, self.config.search.answer_fallback, finished=chain.end != "depth")
+            for text, (chain, _) in zip(texts, chains)
+        ]
         started = time.perf_counter()
         verdicts = self.checker.check_many([(task.gold, answer or "") for (_, task), answer in zip(chains, answers)])
         times.checking += time.perf_counter() - started

@@ -27,7 +27,7 @@ class StepRequest:
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """One sampled step: its text without the delimiter, and whether the model ended there (EOS)."""
+    """One sampled step or rollout: its text (a step's without the delimiter) and whether the model ended there (EOS)."""
 
     text: str
     ended: bool
@@ -46,8 +46,8 @@ class StepPolicy(Protocol):
         """Return n candidate steps per request."""
         ...
 
-    def complete(self, prompts: Sequence[str], *, n: int, seed: int, max_tokens: int) -> list[list[str]]:
-        """Return n full continuations per prompt (for rollouts)."""
+    def complete(self, prompts: Sequence[str], *, n: int, seed: int, max_tokens: int) -> list[list[Candidate]]:
+        """Return n full continuations per prompt (for rollouts); `ended` is false for one cut at max_tokens."""
         ...
 
     def yes_probability(self, prompts: Sequence[str]) -> list[float]:
@@ -104,7 +104,7 @@ class SamplerPolicy:
             candidates.append(row)
         return candidates
 
-    def complete(self, prompts: Sequence[str], *, n: int, seed: int, max_tokens: int) -> list[list[str]]:
+    def complete(self, prompts: Sequence[str], *, n: int, seed: int, max_tokens: int) -> list[list[Candidate]]:
         params = [
             SamplingParams(
                 temperature=self.temperature,
@@ -117,11 +117,13 @@ class SamplerPolicy:
             for i in range(len(prompts))
         ]
         outputs = self.sampler.generate(list(prompts), params)
-        texts = []
+        continuations = []
         for samples in outputs:
             self.tokens_generated += sum(len(c.token_ids) for c in samples)
-            texts.append([c.text for c in samples])
-        return texts
+            continuations.append(
+                [Candidate(text=c.text, ended=c.finish_reason == "eos", num_tokens=len(c.token_ids)) for c in samples]
+            )
+        return continuations
 
     def yes_probability(self, prompts: Sequence[str]) -> list[float]:
         yes_ids, no_ids = self._yes_no_ids

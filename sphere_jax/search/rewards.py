@@ -80,9 +80,11 @@ class RolloutReward:
         for index, answer in finished_answers.items():
             pairs.append((queries[index].gold, answer))
             owners.append((index, self.rollouts))  # weight: counts as every rollout
-        for index, texts in zip(to_roll, completions):
-            for text in texts:
-                answer = extract_answer_or_fallback(query_prefix[index] + text, self.answer_fallback)
+        for index, samples in zip(to_roll, completions):
+            for sample in samples:
+                answer = extract_answer_or_fallback(
+                    query_prefix[index] + sample.text, self.answer_fallback, finished=sample.ended
+                )
                 pairs.append((queries[index].gold, answer or ""))
                 owners.append((index, 1))
         verdicts = self.checker.check_many(pairs)

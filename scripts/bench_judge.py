@@ -99,7 +99,7 @@ def main() -> None:
 
     results, seconds = {}, {}
     for mode, share in (("whole", False), ("shared", True)):
-        for attempt in range(2):
+        for _ in range(2):
             started = time.perf_counter()
             results[mode] = [sampler.next_token_logprobs(p, token_ids, share_prefixes=share) for p in calls]
             seconds[mode] = time.perf_counter() - started  # the second pass is kept

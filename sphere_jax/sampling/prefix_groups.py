@@ -66,7 +66,8 @@ def group_by_shared_prefix(
     neighbour_common = [
         common_prefix_length(sequences[order[k]], sequences[order[k + 1]]) for k in range(count - 1)
     ]
-    # saved[j]: most tokens saved over the first j sorted sequences; start[j]: where the last group starts.
+    # saved[j] is the most tokens saved over the first j sorted sequences, and start[j] is where the
+    # last group of that best split starts.
     saved = [0] * (count + 1)
     start = [0] * (count + 1)
     shared_of = [0] * (count + 1)

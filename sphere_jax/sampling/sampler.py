@@ -369,15 +369,21 @@ class Sampler:
         for start in range(0, len(whole), limit):
             chunk = whole[start : start + limit]
             results[chunk] = _select_logprobs(self._prefill_whole([encoded[i] for i in chunk]), selected)
-        shared = sorted((g for g in groups if g.shared > 0), key=lambda g: g.shared)
-        chunk: list[PrefixGroup] = []
-        for group in [*shared, None]:
-            if chunk and (group is None or sum(len(g.members) for g in chunk) + len(group.members) > limit):
-                rows = [i for g in chunk for i in g.members]
-                results[rows] = _select_logprobs(self._prefill_shared(chunk, encoded), selected)
-                chunk = []
-            if group is not None:
-                chunk.append(group)
+
+        def score_shared(batch: list[PrefixGroup]) -> None:
+            rows = [i for g in batch for i in g.members]
+            results[rows] = _select_logprobs(self._prefill_shared(batch, encoded), selected)
+
+        batch: list[PrefixGroup] = []
+        batch_rows = 0
+        for group in sorted((g for g in groups if g.shared > 0), key=lambda g: g.shared):
+            if batch and batch_rows + len(group.members) > limit:
+                score_shared(batch)
+                batch, batch_rows = [], 0
+            batch.append(group)
+            batch_rows += len(group.members)
+        if batch:
+            score_shared(batch)
         return results
 
     def _prefill_whole(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
@@ -455,12 +461,7 @@ class Sampler:
         unique_rows = _bucket(len(prompt_ids), cfg.batch_buckets, "prompts per batch")
         batch = _bucket(len(rows), cfg.batch_buckets, "rows per batch")
 
-        tokens = np.full((unique_rows, prompt_slots), self.pad_id, np.int32)
-        valid = np.zeros((unique_rows, prompt_slots), bool)
-        for slot, p in enumerate(prompt_ids):  # left padding: the prompt ends at the last slot
-            ids = encoded[p]
-            tokens[slot, prompt_slots - len(ids) :] = ids
-            valid[slot, prompt_slots - len(ids) :] = True
+        tokens, valid = _left_padded([encoded[p] for p in prompt_ids], unique_rows, prompt_slots, self.pad_id)
         slot_of = {p: slot for slot, p in enumerate(prompt_ids)}
 
         row_to_prompt = np.zeros((batch,), np.int32)

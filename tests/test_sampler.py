@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -14,6 +15,7 @@ from flax import nnx
 from sphere_jax.models.logprobs import sequence_logprobs
 from sphere_jax.models.transformer import Transformer
 from sphere_jax.sampling.params import SamplingError, SamplingParams
+from sphere_jax.sampling.prefill_plan import plan_prefill_tiers
 from sphere_jax.sampling.prefix_groups import group_by_shared_prefix
 from sphere_jax.sampling.sampler import Sampler, SamplerConfig
 from sphere_jax.sampling.stops import stop_tables, token_texts
@@ -227,3 +229,43 @@ def test_update_model_serves_new_weights_without_recompiling(smollm2, prompts):
     assert not np.allclose(after[0][0].logprobs, before[0][0].logprobs, atol=1e-3)
     assert [c[0].token_ids for c in again] == [c[0].token_ids for c in before]
     np.testing.assert_allclose(again[0][0].logprobs, before[0][0].logprobs, atol=1e-6)
+
+
+def test_tiered_prefill_equals_one_prefill(smollm2, prompts):
+    short = [chat(smollm2.tokenizer, q) for q in ("What is 2 + 3?", "Add 7 and 8.", "Is 9 prime?")]
+    mixed = [short[0], prompts[0], short[1], prompts[3], short[2], prompts[4]]
+    lengths = sorted(len(smollm2.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in mixed)
+    assert len(plan_prefill_tiers(lengths, SMALL_BUCKETS.prompt_buckets, SMALL_BUCKETS.batch_buckets, call_cost=64)) > 1
+
+    params = SamplingParams(temperature=0.0, max_new_tokens=12, stop_at_strings=False)
+    tiered = Sampler(smollm2.model, smollm2.tokenizer, config=SMALL_BUCKETS).generate(mixed, params)
+    whole_config = dataclasses.replace(SMALL_BUCKETS, prefill_tiers=False)
+    whole = Sampler(smollm2.model, smollm2.tokenizer, config=whole_config).generate(mixed, params)
+    for (a,), (b,) in zip(tiered, whole, strict=True):
+        assert a.token_ids == b.token_ids
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
+
+
+def test_bf16_matmuls_stay_close_to_fp32(smollm2, sampler, prompts):
+    config = dataclasses.replace(SMALL_BUCKETS, matmul_dtype="bfloat16")
+    narrow = Sampler(smollm2.model, smollm2.tokenizer, config=config)
+    assert narrow._weights.blocks[0]["up"].dtype == jnp.bfloat16
+    assert narrow._weights.blocks[0]["attn_norm"].dtype == jnp.float32
+
+    params = SamplingParams(temperature=0.0, max_new_tokens=8, stop_at_strings=False)
+    completions = narrow.generate(prompts, params)
+    reference = sampler.generate(prompts, params)
+    same = sum(a[0].token_ids == b[0].token_ids for a, b in zip(completions, reference))
+    assert same >= 4, f"bf16 matmuls changed the greedy tokens of {5 - same} of 5 prompts"
+    # Log-probs of the bf16 sampler's tokens under the fp32 model: close, but not equal.
+    completion = completions[2][0]
+    prompt_ids = smollm2.tokenizer(prompts[2], add_special_tokens=False)["input_ids"]
+    tokens = jnp.asarray([prompt_ids + completion.token_ids], jnp.int32)
+    exact = np.asarray(sequence_logprobs(smollm2.model, tokens, jnp.ones(tokens.shape, bool)))[0, len(prompt_ids) :]
+    difference = np.abs(np.asarray(completion.logprobs) - exact)
+    assert 1e-5 < difference.max() < 0.1
+
+
+def test_unknown_matmul_dtype_is_refused(smollm2):
+    with pytest.raises(SamplingError, match="matmul_dtype='int8' is not supported"):
+        Sampler(smollm2.model, smollm2.tokenizer, config=dataclasses.replace(SMALL_BUCKETS, matmul_dtype="int8"))

@@ -99,7 +99,17 @@ def grouped_query_attention(
     return out.reshape(batch, length, heads, head_dim)
 
 
+def project(spec: str, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Return einsum(spec, x, kernel) multiplied in the kernel's dtype and accumulated in x's.
+
+    With kernels of the activations' dtype this is a plain einsum. With bf16 kernels under fp32
+    activations (a sampler's `matmul_dtype`), only the product's inputs are rounded to bf16; the
+    result, and the norms, rotary embedding and attention around it, stay fp32.
+    """
+    return jnp.einsum(spec, x.astype(kernel.dtype), kernel, preferred_element_type=x.dtype)
+
+
 def swiglu(x: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array) -> jax.Array:
     """SwiGLU MLP: down(silu(x @ gate) * (x @ up)) with kernels [E, F], [E, F], [F, E]."""
-    hidden = jax.nn.silu(x @ gate) * (x @ up)
-    return hidden @ down
+    hidden = jax.nn.silu(project("...e,ef->...f", x, gate)) * project("...e,ef->...f", x, up)
+    return project("...f,fe->...e", hidden, down)

@@ -159,21 +159,27 @@ class Transformer(nnx.Module):
         logits = jnp.einsum("bte,ev->btv", hidden, self.output_embedding(), preferred_element_type=jnp.float32)
         return logits, cache
 
-    def decode_weights(self, *, copy: bool = True) -> DecodeWeights:
+    def decode_weights(self, *, copy: bool = True, matmul_dtype: Any = None) -> DecodeWeights:
         """Return the weights in the layout that decoding reads fastest: one array per layer.
 
         With `copy` (the default, for a sampler) each layer's weights become their own buffers,
         made once here, at the cost of one more copy of the block weights in memory. Without it
         the layers are static slices of the stacked arrays, which XLA copies on every call.
+        `matmul_dtype` (with `copy`) stores the copy's matrices (projections, embedding, LM
+        head) in that dtype; pass the same dtype to `cached_hidden_states` and `decode_logits`.
         """
         stacked = self.layers.arrays()
         embed = self.embed.get_value()
         head = None if self.cfg.tie_word_embeddings or self.cfg.is_reward_model else self.lm_head.get_value()
+        norm = self.final_norm.get_value()
         if not copy:
+            if matmul_dtype is not None:
+                raise ValueError("decode_weights(copy=False) keeps the stored dtype; matmul_dtype needs copy=True")
             blocks = tuple({name: value[i] for name, value in stacked.items()} for i in range(self.cfg.num_layers))
-            return DecodeWeights(embed, blocks, self.final_norm.get_value(), head)
-        blocks = _unstack(stacked, self.cfg.num_layers)
-        return DecodeWeights(embed, blocks, self.final_norm.get_value(), head)
+            return DecodeWeights(embed, blocks, norm, head)
+        if matmul_dtype is not None:
+            stacked, embed, head = _cast_matrices((stacked, embed, head), jnp.dtype(matmul_dtype))
+        return DecodeWeights(embed, _unstack(stacked, self.cfg.num_layers), norm, head)
 
 
 class DecodeWeights(NamedTuple):
@@ -183,6 +189,17 @@ class DecodeWeights(NamedTuple):
     blocks: tuple[dict[str, jax.Array], ...]  # layers x {name: array without the layers axis}
     final_norm: jax.Array  # [embed]
     lm_head: jax.Array | None  # [embed, vocab]; None when tied to `embed`
+
+
+KERNELS = ("q", "k", "v", "o", "gate", "up", "down")  # block weights that enter a matrix product
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _cast_matrices(weights: tuple, dtype: Any) -> tuple:
+    """Cast (stacked blocks, embedding, LM head) to `dtype`, the blocks' kernels only."""
+    stacked, embed, head = weights
+    stacked = {name: value.astype(dtype) if name in KERNELS else value for name, value in stacked.items()}
+    return stacked, embed.astype(dtype), None if head is None else head.astype(dtype)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -200,14 +217,20 @@ def _block(
     cache_k: jax.Array | None = None,  # [B, K, S, D]
     cache_v: jax.Array | None = None,  # [B, K, S, D]
     cache_offset: jax.Array | int = 0,
+    matmul_dtype: Any = None,
 ) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
-    """Run one pre-norm decoder block. With a cache, write this call's keys and values at cache_offset."""
+    """Run one pre-norm decoder block. With a cache, write this call's keys and values at cache_offset.
+
+    Kernels are multiplied in `matmul_dtype` (default: the compute dtype), accumulating in the
+    compute dtype; everything else runs in the compute dtype.
+    """
     dtype = cfg.compute_jnp_dtype
-    p = jax.tree.map(lambda a: a.astype(dtype), p)
+    kernel_dtype = matmul_dtype or dtype
+    p = {name: value.astype(kernel_dtype if name in KERNELS else dtype) for name, value in p.items()}
     h = layers.rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
-    q = jnp.einsum("bte,ehd->bthd", h, p["q"])
-    k = jnp.einsum("bte,ekd->btkd", h, p["k"])
-    v = jnp.einsum("bte,ekd->btkd", h, p["v"])
+    q = layers.project("bte,ehd->bthd", h, p["q"])
+    k = layers.project("bte,ekd->btkd", h, p["k"])
+    v = layers.project("bte,ekd->btkd", h, p["v"])
     if cfg.attention_bias:
         q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
     q = layers.apply_rope(q, cos, sin)
@@ -219,7 +242,7 @@ def _block(
         cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
         k, v = cache_k.astype(dtype), cache_v.astype(dtype)
     attended = layers.grouped_query_attention(q, k, v, mask)
-    x = x + jnp.einsum("bthd,hde->bte", attended, p["o"])
+    x = x + layers.project("bthd,hde->bte", attended, p["o"])
     h = layers.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
     x = x + layers.swiglu(h, p["gate"], p["up"], p["down"])
     return x, cache_k, cache_v
@@ -233,11 +256,13 @@ def cached_hidden_states(
     kv_valid: jax.Array,  # [B, S] bool, S the cache length
     cache: KVCache,
     cache_offset: jax.Array | int,
+    matmul_dtype: Any = None,
 ) -> tuple[jax.Array, KVCache]:
     """Run the blocks on a KV cache; return hidden states [B, T, E] after the final norm, and the cache.
 
     Decoding reads every weight once per token, so the layers run unrolled, each on its own
-    weight arrays and cache buffer: nothing is sliced or copied inside a decode step.
+    weight arrays and cache buffer: nothing is sliced or copied inside a decode step. Kernels
+    are multiplied in `matmul_dtype` (default: the compute dtype).
     """
     dtype = cfg.compute_jnp_dtype
     x = jnp.take(weights.embed, tokens, axis=0).astype(dtype)  # [B, T, E]
@@ -245,16 +270,17 @@ def cached_hidden_states(
     mask = layers.attention_mask(kv_valid, tokens.shape[1], cache_offset)
     new_k, new_v = [], []
     for p, layer_k, layer_v in zip(weights.blocks, cache.k, cache.v, strict=True):
-        x, layer_k, layer_v = _block(cfg, x, p, cos, sin, mask, layer_k, layer_v, cache_offset)
+        x, layer_k, layer_v = _block(cfg, x, p, cos, sin, mask, layer_k, layer_v, cache_offset, matmul_dtype)
         new_k.append(layer_k)
         new_v.append(layer_v)
     x = layers.rms_norm(x, weights.final_norm.astype(dtype), cfg.rms_norm_eps)
     return x, KVCache(tuple(new_k), tuple(new_v))
 
 
-def decode_logits(cfg: ModelConfig, weights: DecodeWeights, hidden: jax.Array) -> jax.Array:
+def decode_logits(cfg: ModelConfig, weights: DecodeWeights, hidden: jax.Array, matmul_dtype: Any = None) -> jax.Array:
     """Project hidden states [B, E] onto the vocabulary; return fp32 logits [B, V]."""
-    dtype = cfg.compute_jnp_dtype
+    dtype = matmul_dtype or cfg.compute_jnp_dtype
+    hidden = hidden.astype(dtype)
     if weights.lm_head is None:
         # Contract with the embedding's embed axis directly: no transposed copy of the table.
         return jnp.einsum("be,ve->bv", hidden, weights.embed.astype(dtype), preferred_element_type=jnp.float32)

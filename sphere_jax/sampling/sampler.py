@@ -32,6 +32,7 @@ from sphere_jax.models.transformer import (
 from sphere_jax.sampling import stops
 from sphere_jax.sampling.filters import sample_tokens
 from sphere_jax.sampling.params import SamplingError, SamplingParams
+from sphere_jax.sampling.prefill_plan import plan_prefill_tiers
 from sphere_jax.sampling.prefix_groups import PrefixGroup, group_by_shared_prefix
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,15 @@ class SamplerConfig:
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     max_top_k: int = 256  # candidates considered when top-k or top-p is on
     min_shared_prefix: int = 32  # prompts scored together share at least this many tokens to share a prefill
+    # Dtype of the weight matrices in the sampler's copy, multiplied in it with fp32 accumulation.
+    # None keeps the model's compute dtype. "bfloat16" under fp32 compute roughly doubles the
+    # matmul rate on CPUs with AVX512-BF16 at batch 8 and up (docs/benchmarks_sampler.md); log-probs
+    # then differ from the fp32 trainer's by bf16 rounding.
+    matmul_dtype: str | None = None
+    # Prefill a batch's prompts in tiers of similar length instead of all padded to the longest
+    # (`prefill_plan.py`); a tier costs this many token positions more than its padded size.
+    prefill_tiers: bool = True
+    prefill_call_cost: int = 64
 
 
 def _bucket(value: int, buckets: Sequence[int], what: str) -> int:
@@ -98,10 +108,16 @@ class Sampler:
         mesh: Mesh | None = None,
     ):
         self.config = config
+        if config.matmul_dtype not in (None, "float32", "bfloat16", "float16"):
+            raise SamplingError(
+                f"matmul_dtype={config.matmul_dtype!r} is not supported; use None, 'float32', 'bfloat16' or 'float16'"
+            )
+        self._matmul_dtype = None if config.matmul_dtype is None else jnp.dtype(config.matmul_dtype)
         self.tokenizer = tokenizer
         self.model_config = model.cfg
         self.vocab_size = model.cfg.vocab_size
         self.mesh = mesh
+        self._row_devices = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
         self.stop_strings = tuple(stop_strings)
         eos = set(eos_token_ids if eos_token_ids is not None else model.cfg.eos_token_ids)
         if tokenizer is not None and tokenizer.eos_token_id is not None and eos_token_ids is None:
@@ -125,6 +141,8 @@ class Sampler:
             log.info("built stop-string tables for %s in %.2f s", self.stop_strings, time.perf_counter() - started)
         self._prefill = jax.jit(self._prefill_impl, static_argnames=("cache_length",))
         self._fan_out = jax.jit(self._fan_out_impl)
+        self._empty = jax.jit(self._empty_impl, static_argnames=("rows", "cache_length"))
+        self._place = jax.jit(self._place_impl, static_argnames=("offset",), donate_argnames=("cache", "logits"))
         self._extend = jax.jit(self._extend_impl, static_argnames=("offset",), donate_argnames=("cache",))
         self._decode = jax.jit(self._decode_impl, static_argnames=("prompt_slots", "steps"), donate_argnames=("cache",))
 
@@ -154,7 +172,7 @@ class Sampler:
 
             graphdef, state = nnx.split(model)
             model = nnx.merge(graphdef, shard_state(state, self.mesh))
-        return model.decode_weights()
+        return model.decode_weights(matmul_dtype=self._matmul_dtype)
 
     def _rows_sharding(self, ndim: int) -> NamedSharding | None:
         if self.mesh is None:
@@ -175,8 +193,29 @@ class Sampler:
         cfg = self.model_config
         cache = init_cache(cfg, tokens.shape[0], cache_length)
         kv_valid = jnp.pad(valid, ((0, 0), (0, cache_length - tokens.shape[1])))
-        hidden, cache = cached_hidden_states(cfg, weights, tokens, positions_from_mask(valid), kv_valid, cache, 0)
-        return decode_logits(cfg, weights, hidden[:, -1]), cache
+        hidden, cache = cached_hidden_states(
+            cfg, weights, tokens, positions_from_mask(valid), kv_valid, cache, 0, self._matmul_dtype
+        )
+        return decode_logits(cfg, weights, hidden[:, -1], self._matmul_dtype), cache
+
+    def _empty_impl(self, *, rows: int, cache_length: int):
+        """A zeroed cache [rows, ..., cache_length, ...] and logits [rows, V] for tiers to fill."""
+        self.compile_count += 1
+        return init_cache(self.model_config, rows, cache_length), jnp.zeros((rows, self.vocab_size), jnp.float32)
+
+    def _place_impl(self, cache: KVCache, logits, tier_cache: KVCache, tier_logits, rows, *, offset: int):
+        """Write a tier's cache [R, ..., P, ...] into `cache` rows `rows` [R], slots [offset, offset + P).
+
+        Padding rows of the tier carry an out-of-range row index and are dropped.
+        """
+        self.compile_count += 1
+        slots = slice(offset, offset + tier_cache.length)
+
+        def put(big, small):
+            return big.at[rows, :, slots].set(small.astype(big.dtype), mode="drop")
+
+        placed = KVCache(tuple(map(put, cache.k, tier_cache.k)), tuple(map(put, cache.v, tier_cache.v)))
+        return placed, logits.at[rows].set(tier_logits, mode="drop")
 
     def _fan_out_impl(self, cache: KVCache, logits, valid, row_to_prompt):
         """Copy each prompt's cache, logits and mask into the rows that sample it."""
@@ -194,8 +233,8 @@ class Sampler:
         """
         self.compile_count += 1
         cfg = self.model_config
-        hidden, cache = cached_hidden_states(cfg, weights, tokens, positions, kv_valid, cache, offset)
-        return decode_logits(cfg, weights, hidden[:, -1]), cache
+        hidden, cache = cached_hidden_states(cfg, weights, tokens, positions, kv_valid, cache, offset, self._matmul_dtype)
+        return decode_logits(cfg, weights, hidden[:, -1], self._matmul_dtype), cache
 
     def _decode_impl(
         self,
@@ -221,57 +260,51 @@ class Sampler:
         prompt_lengths = prompt_valid.sum(axis=1).astype(jnp.int32)
         kv_valid = jnp.pad(prompt_valid, ((0, 0), (0, cache.length - prompt_slots)))
 
-        def cond(carry):
-            step, done = carry["step"], carry["done"]
-            return (step < steps) & ~jnp.all(done)
-
-        def body(carry):
+        def pick(carry, logits):
+            """Choose every row's token `step` from its logits [B, V]; record it and any stop."""
             step = carry["step"]
             uniform = jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, step)))(keys)
-            logits = carry["logits"]
             token = sample_tokens(logits, temperature, top_k, top_p, uniform, self.config.max_top_k)
             logprob = jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
             active = ~carry["done"]
             token = jnp.where(active, token, self.pad_id)
-            tokens_out = carry["tokens"].at[:, step].set(token)
-            logprobs_out = carry["logprobs"].at[:, step].set(jnp.where(active, logprob, 0.0))
-
             is_eos = jnp.isin(token, eos_ids)
             stop_state = stop_tables[jnp.arange(stop_tables.shape[0])[None, :], carry["stop_state"], token[:, None]]
             hit_stop = jnp.any(stop_state == stop_lengths[None, :], axis=-1) & use_stops
             hit_length = step + 1 >= max_new_tokens
             finished = active & (is_eos | hit_stop | hit_length)
             reason = jnp.where(is_eos, EOS, jnp.where(hit_stop, STOP_STRING, LENGTH))
-            done = carry["done"] | finished
-
-            kv = carry["kv_valid"].at[:, prompt_slots + step].set(True)
-
-            def forward(cache):
-                positions = (prompt_lengths + step)[:, None]
-                hidden, cache = cached_hidden_states(cfg, weights, token[:, None], positions, kv, cache, prompt_slots + step)
-                return decode_logits(cfg, weights, hidden[:, 0]), cache
-
-            # The last step's forward would be thrown away: skip it once every row is done.
-            next_logits, next_cache = jax.lax.cond(
-                jnp.all(done) | (step + 1 >= steps), lambda c: (logits, c), forward, carry["cache"]
-            )
             return {
+                **carry,
                 "step": step + 1,
-                "cache": next_cache,
-                "logits": next_logits,
-                "kv_valid": kv,
-                "done": done,
+                "done": carry["done"] | finished,
                 "reason": jnp.where(finished, reason, carry["reason"]),
                 "length": jnp.where(finished, step + 1, carry["length"]),
-                "tokens": tokens_out,
-                "logprobs": logprobs_out,
+                "tokens": carry["tokens"].at[:, step].set(token),
+                "logprobs": carry["logprobs"].at[:, step].set(jnp.where(active, logprob, 0.0)),
                 "stop_state": stop_state,
             }
+
+        def cond(carry):
+            return (carry["step"] < steps) & ~jnp.all(carry["done"])
+
+        def body(carry):
+            # Feed the last chosen token, then choose the next. The loop ends before a forward
+            # whose logits nobody would read, with no `lax.cond` around the forward: a branch
+            # that passes the cache through costs a copy of it at every step on CPU.
+            fed = carry["step"] - 1
+            token = carry["tokens"][:, fed]
+            kv = carry["kv_valid"].at[:, prompt_slots + fed].set(True)
+            positions = (prompt_lengths + fed)[:, None]
+            hidden, cache = cached_hidden_states(
+                cfg, weights, token[:, None], positions, kv, carry["cache"], prompt_slots + fed, self._matmul_dtype
+            )
+            logits = decode_logits(cfg, weights, hidden[:, 0], self._matmul_dtype)
+            return pick({**carry, "cache": cache, "kv_valid": kv}, logits)
 
         carry = {
             "step": jnp.int32(0),
             "cache": cache,
-            "logits": logits,
             "kv_valid": kv_valid,
             "done": max_new_tokens <= 0,
             "reason": jnp.zeros((batch,), jnp.int32),
@@ -280,6 +313,7 @@ class Sampler:
             "logprobs": jnp.zeros((batch, steps), jnp.float32),
             "stop_state": jnp.zeros((batch, stop_tables.shape[0]), jnp.int16),
         }
+        carry = pick(carry, logits)
         out = jax.lax.while_loop(cond, body, carry)
         # Returning the cache lets XLA run the loop in the donated input buffer.
         return out["tokens"], out["logprobs"], out["length"], out["reason"], out["cache"]
@@ -432,6 +466,45 @@ class Sampler:
         )
         return np.asarray(jax.device_get(logits))[: len(rests)]
 
+    def _prefill_prompts(self, sequences, tokens, valid, cache_length: int) -> tuple[jax.Array, KVCache]:
+        """Prefill left-padded prompts tokens [U, P]; return last-position logits [U, V] and a cache.
+
+        With `prefill_tiers`, prompts of similar length are prefilled together, each tier padded
+        only to its own bucket, and its cache is placed at the end of the rows' P prompt slots:
+        the same cache as one prefill of all rows, for less padded work.
+        """
+        cfg = self.config
+        weights = self._require_weights()
+        prompt_slots = tokens.shape[1]
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        # Under a mesh a tier's rows must split evenly over the devices that hold rows.
+        # NOTE: the tests run tiers on one device only; the mesh tests' prompts fit one tier.
+        row_buckets = [b for b in cfg.batch_buckets if b % self._row_devices == 0]
+        tiers = []
+        if cfg.prefill_tiers and len(sequences) > 1 and row_buckets:
+            tiers = plan_prefill_tiers(
+                [len(sequences[i]) for i in order],
+                [b for b in cfg.prompt_buckets if b <= prompt_slots],
+                row_buckets,
+                call_cost=cfg.prefill_call_cost,
+            )
+        if len(tiers) <= 1:
+            return self._prefill(weights, self._put_rows(tokens), self._put_rows(valid), cache_length=cache_length)
+        log.debug("prefill in %d tiers: %s", len(tiers), [(t.stop - t.start, t.slots) for t in tiers])
+        cache, logits = self._empty(rows=tokens.shape[0], cache_length=cache_length)
+        for tier in tiers:
+            members = order[tier.start : tier.stop]
+            tier_tokens, tier_valid = _left_padded([sequences[i] for i in members], tier.rows, tier.slots, self.pad_id)
+            rows = np.full((tier.rows,), tokens.shape[0], np.int32)  # out of range: dropped
+            rows[: len(members)] = members
+            tier_logits, tier_cache = self._prefill(
+                weights, self._put_rows(tier_tokens), self._put_rows(tier_valid), cache_length=tier.slots
+            )
+            cache, logits = self._place(
+                cache, logits, tier_cache, tier_logits, self._put_rows(rows), offset=prompt_slots - tier.slots
+            )
+        return logits, cache
+
     def _groups(self, encoded, params) -> list[list[tuple[int, int]]]:
         """Split (prompt, sample) rows into batches of at most the largest batch bucket.
 
@@ -463,6 +536,7 @@ class Sampler:
 
         tokens, valid = _left_padded([encoded[p] for p in prompt_ids], unique_rows, prompt_slots, self.pad_id)
         slot_of = {p: slot for slot, p in enumerate(prompt_ids)}
+        logits, cache = self._prefill_prompts([encoded[p] for p in prompt_ids], tokens, valid, cache_length)
 
         row_to_prompt = np.zeros((batch,), np.int32)
         temperature = np.zeros((batch,), np.float32)
@@ -481,9 +555,6 @@ class Sampler:
             seeds[row] = (setting.seed + s) % (2**32)
             use_stops[row] = setting.stop_at_strings
 
-        logits, cache = self._prefill(
-            self._require_weights(), self._put_rows(tokens), self._put_rows(valid), cache_length=cache_length
-        )
         cache, logits, row_valid = self._fan_out(cache, logits, self._put_rows(valid), self._put_rows(row_to_prompt))
         keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
         out_tokens, out_logprobs, lengths, reasons, _ = self._decode(

@@ -34,6 +34,7 @@ def sphere(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         ("policy.source=packaged:nope", "policy.source: unknown packaged model 'nope'"),
         ("small_model.source=/no/such/model.gguf", "small_model.source: model source '/no/such/model.gguf' not found"),
         ("generate.reward.backend=magic", "reward.backend='magic' is not one of prm, rollout, self_judge"),
+        ("sampler.matmul_dtype=int8", "sampler: matmul_dtype='int8' is not supported; use one of None, 'float32'"),
     ],
 )
 def test_invalid_config_raises(override, message):

@@ -251,6 +251,8 @@ def test_bf16_matmuls_stay_close_to_fp32(smollm2, sampler, prompts):
     narrow = Sampler(smollm2.model, smollm2.tokenizer, config=config)
     assert narrow._weights.blocks[0]["up"].dtype == jnp.bfloat16
     assert narrow._weights.blocks[0]["attn_norm"].dtype == jnp.float32
+    _, cache = narrow._prefill(narrow._weights, jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), bool), cache_length=16)
+    assert cache.k[0].dtype == jnp.bfloat16
 
     params = SamplingParams(temperature=0.0, max_new_tokens=8, stop_at_strings=False)
     completions = narrow.generate(prompts, params)
@@ -266,6 +268,8 @@ def test_bf16_matmuls_stay_close_to_fp32(smollm2, sampler, prompts):
     assert 1e-5 < difference.max() < 0.1
 
 
-def test_unknown_matmul_dtype_is_refused(smollm2):
-    with pytest.raises(SamplingError, match="matmul_dtype='int8' is not supported"):
-        Sampler(smollm2.model, smollm2.tokenizer, config=dataclasses.replace(SMALL_BUCKETS, matmul_dtype="int8"))
+def test_unknown_matmul_dtype_raises():
+    with pytest.raises(SamplingError, match="matmul_dtype='int8' is not supported; use one of None, 'float32'"):
+        dataclasses.replace(SMALL_BUCKETS, matmul_dtype="int8")
+    with pytest.raises(SamplingError, match="prefill_call_cost=-1 is negative"):
+        dataclasses.replace(SMALL_BUCKETS, prefill_call_cost=-1)

@@ -82,6 +82,9 @@ def grouped_query_attention(
     batch, length, heads, head_dim = q.shape
     kv_heads = k.shape[1]
     groups = heads // kv_heads
+    # A bf16 cache under fp32 activations: multiply in bf16, accumulate and return fp32.
+    out_dtype = q.dtype
+    q = q.astype(k.dtype)
     if length == 1:
         # One query per row (a decode step): batched matrix-vector products over (B, K), half
         # the time on CPU of the general form, whose length-1 axis makes XLA transpose.
@@ -89,13 +92,14 @@ def grouped_query_attention(
         scores = jnp.einsum("bkgd,bksd->bkgs", q, k, preferred_element_type=jnp.float32) / math.sqrt(head_dim)
         scores = jnp.where(mask[:, :, None, :], scores, jnp.finfo(jnp.float32).min)  # mask [B, 1, S]
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        return jnp.einsum("bkgs,bksd->bkgd", probs, v).reshape(batch, 1, heads, head_dim)
+        out = jnp.einsum("bkgs,bksd->bkgd", probs, v, preferred_element_type=out_dtype)
+        return out.reshape(batch, 1, heads, head_dim)
     q = q.reshape(batch, length, kv_heads, groups, head_dim)
     scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
     scores = scores / math.sqrt(head_dim)
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v, preferred_element_type=out_dtype)
     return out.reshape(batch, length, heads, head_dim)
 
 

@@ -240,7 +240,7 @@ def _block(
         start = (0, 0, cache_offset, 0)
         cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
         cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
-        k, v = cache_k.astype(dtype), cache_v.astype(dtype)
+        k, v = cache_k, cache_v  # attention reads a narrower cache in its own dtype
     attended = layers.grouped_query_attention(q, k, v, mask)
     x = x + layers.project("bthd,hde->bte", attended, p["o"])
     h = layers.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)

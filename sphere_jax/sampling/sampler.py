@@ -57,25 +57,37 @@ class Completion:
     sample_index: int
 
 
+MATMUL_DTYPES = (None, "float32", "bfloat16", "float16")
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
     """Buckets and limits. Shapes round up to the next bucket; each combination compiles once."""
 
     max_cache_length: int = 4096  # prompt plus new tokens, per row
-    prompt_buckets: tuple[int, ...] = (64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+    # Fine steps at short lengths, where a prefill tier padded one coarse step too far costs most.
+    prompt_buckets: tuple[int, ...] = (64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
     new_token_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     max_top_k: int = 256  # candidates considered when top-k or top-p is on
     min_shared_prefix: int = 32  # prompts scored together share at least this many tokens to share a prefill
-    # Dtype of the weight matrices in the sampler's copy, multiplied in it with fp32 accumulation.
-    # None keeps the model's compute dtype. "bfloat16" under fp32 compute roughly doubles the
-    # matmul rate on CPUs with AVX512-BF16 at batch 8 and up (docs/benchmarks_sampler.md); log-probs
-    # then differ from the fp32 trainer's by bf16 rounding.
+    # Dtype of the weight matrices in the sampler's copy and of the KV cache, multiplied in it with
+    # fp32 accumulation. None keeps the model's compute dtype. "bfloat16" under fp32 compute runs
+    # 1.5x faster at batch 8 and 32 on a 2-core AVX512-BF16 CPU (docs/benchmarks_sampler.md);
+    # log-probs then differ from the fp32 trainer's by bf16 rounding.
     matmul_dtype: str | None = None
     # Prefill a batch's prompts in tiers of similar length instead of all padded to the longest
     # (`prefill_plan.py`); a tier costs this many token positions more than its padded size.
     prefill_tiers: bool = True
     prefill_call_cost: int = 64
+
+    def __post_init__(self) -> None:
+        if self.matmul_dtype not in MATMUL_DTYPES:
+            raise SamplingError(
+                f"matmul_dtype={self.matmul_dtype!r} is not supported; use one of {', '.join(map(repr, MATMUL_DTYPES))}"
+            )
+        if self.prefill_call_cost < 0:
+            raise SamplingError(f"prefill_call_cost={self.prefill_call_cost} is negative; use 0 or more")
 
 
 def _bucket(value: int, buckets: Sequence[int], what: str) -> int:
@@ -108,10 +120,6 @@ class Sampler:
         mesh: Mesh | None = None,
     ):
         self.config = config
-        if config.matmul_dtype not in (None, "float32", "bfloat16", "float16"):
-            raise SamplingError(
-                f"matmul_dtype={config.matmul_dtype!r} is not supported; use None, 'float32', 'bfloat16' or 'float16'"
-            )
         self._matmul_dtype = None if config.matmul_dtype is None else jnp.dtype(config.matmul_dtype)
         self.tokenizer = tokenizer
         self.model_config = model.cfg
@@ -191,7 +199,7 @@ class Sampler:
         """Prefill prompts [U, P]; return last-position logits [U, V] and a cache of cache_length."""
         self.compile_count += 1  # runs only while tracing
         cfg = self.model_config
-        cache = init_cache(cfg, tokens.shape[0], cache_length)
+        cache = init_cache(cfg, tokens.shape[0], cache_length, self._matmul_dtype)
         kv_valid = jnp.pad(valid, ((0, 0), (0, cache_length - tokens.shape[1])))
         hidden, cache = cached_hidden_states(
             cfg, weights, tokens, positions_from_mask(valid), kv_valid, cache, 0, self._matmul_dtype
@@ -201,7 +209,8 @@ class Sampler:
     def _empty_impl(self, *, rows: int, cache_length: int):
         """A zeroed cache [rows, ..., cache_length, ...] and logits [rows, V] for tiers to fill."""
         self.compile_count += 1
-        return init_cache(self.model_config, rows, cache_length), jnp.zeros((rows, self.vocab_size), jnp.float32)
+        cache = init_cache(self.model_config, rows, cache_length, self._matmul_dtype)
+        return cache, jnp.zeros((rows, self.vocab_size), jnp.float32)
 
     def _place_impl(self, cache: KVCache, logits, tier_cache: KVCache, tier_logits, rows, *, offset: int):
         """Write a tier's cache [R, ..., P, ...] into `cache` rows `rows` [R], slots [offset, offset + P).

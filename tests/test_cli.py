@@ -115,3 +115,20 @@ def test_train_without_pairs_file(tmp_path):
     result = sphere("train", "configs/smoke.yaml", f"run_dir={tmp_path / 'run'}", "--pairs", str(tmp_path / "none.jsonl"))
     assert result.returncode == 2
     assert f"pairs file {tmp_path / 'none.jsonl'} not found" in result.stderr
+
+
+@pytest.mark.slow
+def test_eval_with_bf16_matmuls_writes_report(tmp_path):
+    result = sphere(
+        "eval", "--model", "packaged:smollm2-135m-instruct", "--benchmarks", "gsm8k:test", "--limit", "2",
+        "--max-new-tokens", "16", "--batch-size", "2", "--matmul-dtype", "bfloat16",
+        "--output-dir", str(tmp_path), timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "gsm8k_test.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / "gsm8k_test.jsonl").read_text().splitlines()]
+    assert report["num_problems"] == 2
+    assert [record["id"] for record in records] == ["gsm8k:test:0", "gsm8k:test:1"]
+    samples = [record["samples"][0] for record in records]
+    assert [sample["num_tokens"] for sample in samples] == [16, 16]
+    assert all(sample["output"].strip() for sample in samples)

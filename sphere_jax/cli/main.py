@@ -52,7 +52,8 @@ def _eval(args: argparse.Namespace) -> int:
         answer_fallback=args.answer_fallback,
     )
     loaded = load_model(args.model, param_dtype=args.dtype, compute_dtype=args.dtype)
-    sampler = Sampler(loaded.model, loaded.tokenizer, config=SamplerConfig(max_cache_length=args.max_cache_length))
+    sampler_config = SamplerConfig(max_cache_length=args.max_cache_length, matmul_dtype=args.matmul_dtype)
+    sampler = Sampler(loaded.model, loaded.tokenizer, config=sampler_config)
     run_evaluation(config, SamplerGenerator(sampler), loaded.tokenizer, args.output_dir)
     return 0
 
@@ -160,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-new-tokens", type=int, default=512, help="maximum new tokens per answer")
     evaluate.add_argument("--max-cache-length", type=int, default=2048, help="prompt plus answer tokens per row")
     evaluate.add_argument("--batch-size", type=int, default=16, help="prompts per sampler call")
+    evaluate.add_argument(
+        "--matmul-dtype",
+        default=None,
+        choices=["float32", "bfloat16"],
+        help="dtype of the sampler's weight matrices and KV cache (default: --dtype); bfloat16 is faster on "
+        "CPUs with AVX512-BF16 at batch 8 and up",
+    )
     evaluate.add_argument("--output-dir", type=Path, default=Path("runs/eval"), help="folder for reports and records")
     evaluate.add_argument(
         "--answer-fallback",

@@ -22,11 +22,19 @@ MESHES = {
     # Rows split 4 ways over data on half the devices, with every weight replicated.
     "data4_replicated": {"data": 4, "fsdp": 1, "tensor": 1},
 }
+# Four short and four long prompts, so the prefill runs in two tiers (16 and 64 slots), each
+# with rows split over the data axis.
 PROMPTS = [
     "The capital of France is",
     "def fibonacci(n):",
-    "Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer:",
     "Once upon a time",
+    "The best way to learn Python is",
+    "Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer:",
+    "Question: A train travels 60 miles per hour for 3 hours and then 40 miles per hour for 2 hours. "
+    "How far does it travel in total?\nAnswer: Let's think step by step.",
+    "Question: Sara reads 12 pages a day. Her book has 150 pages and she has read 66. How many more days "
+    "does she need to finish it?\nAnswer:",
+    "Question: A shop sells pencils at 3 for 1 dollar. How many dollars do 27 pencils cost?\nAnswer:",
 ]
 NEW_TOKENS = 16
 
@@ -36,6 +44,7 @@ def run_child() -> None:
     import jax
 
     from sphere_jax.sampling.params import SamplingParams
+    from sphere_jax.sampling.prefill_plan import plan_prefill_tiers
     from sphere_jax.sampling.sampler import Sampler, SamplerConfig
     from sphere_jax.training.mesh import make_mesh
     from sphere_jax.weights.load import load_model
@@ -43,11 +52,13 @@ def run_child() -> None:
     loaded = load_model("packaged:smollm2-135m-instruct")
     config = SamplerConfig(
         max_cache_length=256,
-        prompt_buckets=(32, 64),
+        prompt_buckets=(16, 64),
         new_token_buckets=(NEW_TOKENS,),
-        batch_buckets=(len(PROMPTS),),
+        batch_buckets=(4, 8),
     )
     params = SamplingParams(temperature=0.0, max_new_tokens=NEW_TOKENS)
+    lengths = sorted(len(loaded.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in PROMPTS)
+    tiers = plan_prefill_tiers(lengths, config.prompt_buckets, config.batch_buckets, call_cost=config.prefill_call_cost)
 
     def sample(mesh) -> dict:
         sampler = Sampler(loaded.model, loaded.tokenizer, config=config, mesh=mesh)
@@ -65,7 +76,7 @@ def run_child() -> None:
             "tensor_split_weights": len(tensor_split),
         }
 
-    results = {"devices": jax.device_count(), "reference": sample(None)}
+    results = {"devices": jax.device_count(), "tiers": [[t.rows, t.slots] for t in tiers], "reference": sample(None)}
     for name, shape in MESHES.items():
         device_count = shape["data"] * shape["fsdp"] * shape["tensor"]
         results[name] = sample(make_mesh(shape, devices=jax.devices()[:device_count]))
@@ -88,6 +99,11 @@ def child_results() -> dict:
 @pytest.mark.slow
 def test_child_sees_virtual_devices(child_results):
     assert child_results["devices"] == DEVICE_COUNT
+
+
+@pytest.mark.slow
+def test_prefill_runs_in_two_tiers(child_results):
+    assert child_results["tiers"] == [[4, 16], [4, 64]]
 
 
 @pytest.mark.slow

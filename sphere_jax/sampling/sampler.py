@@ -487,7 +487,6 @@ class Sampler:
         prompt_slots = tokens.shape[1]
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         # Under a mesh a tier's rows must split evenly over the devices that hold rows.
-        # NOTE: the tests run tiers on one device only; the mesh tests' prompts fit one tier.
         row_buckets = [b for b in cfg.batch_buckets if b % self._row_devices == 0]
         tiers = []
         if cfg.prefill_tiers and len(sequences) > 1 and row_buckets:

@@ -99,7 +99,9 @@ def grouped_query_attention(
     scores = scores / math.sqrt(head_dim)
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bksd->btkgd", probs, v, preferred_element_type=out_dtype)
+    # Heads-first output, then a transpose: XLA on CPU has no bf16 x bf16 -> fp32 dot that writes
+    # [B, T, K, G, D] directly, and raises "Unsupported element type" at run time for batch > 1.
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v, preferred_element_type=out_dtype).transpose(0, 3, 1, 2, 4)
     return out.reshape(batch, length, heads, head_dim)
 
 

@@ -6,7 +6,8 @@ sizes, and both generate exactly `--new-tokens` tokens per row greedily. Ours is
 length with an EOS id that greedy decoding never emits, and transformers with
 `min_new_tokens = max_new_tokens`. Throughput counts generated tokens only, over the wall time
 of the whole `generate` call (prefill included). Ours is timed after a warm-up call, which is
-reported separately: it compiles and then runs once. Transformers runs in fp32 and in bf16.
+reported separately: it compiles and then runs once. Transformers runs in fp32 and in bf16, and
+ours in fp32 and with bf16 matmuls (`--ours-matmuls`).
 
 The same run measures two ceilings of this machine with all cores. Read bandwidth is the best
 of a threaded torch sum and a jitted jax sum over a 1 GiB fp32 array, and the matmul rate is
@@ -167,8 +168,8 @@ def time_ours(
 ) -> Timing:
     """Time sphere_jax's Sampler on the first `batch` prompts, greedy and forced to full length.
 
-    `matmul` "bf16" stores the sampler's weight matrices in bf16 and multiplies in bf16 with fp32
-    accumulation (`SamplerConfig.matmul_dtype`); everything else stays fp32.
+    With `matmul` "bf16" the sampler keeps its weight matrices and KV cache in bf16 and
+    accumulates products in fp32 (`SamplerConfig.matmul_dtype`). Everything else stays fp32.
     """
     eos = unused_token_id(loaded.tokenizer, loaded.config.vocab_size)
     longest = max(len(p) for p in prompts[:batch])
@@ -349,7 +350,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-transformers", action="store_true", help="time only sphere_jax's sampler")
     parser.add_argument(
         "--ours-matmuls", nargs="+", default=["fp32", "bf16"], choices=list(OURS_ENGINES),
-        help="sphere_jax runs: fp32 throughout, or bf16 weight matrices with fp32 accumulation",
+        help="sphere_jax runs: fp32 throughout, or bf16 weight matrices and KV cache with fp32 accumulation",
     )
     parser.add_argument(
         "--transformers-dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],

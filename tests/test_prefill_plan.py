@@ -29,13 +29,14 @@ def work_of(lengths, cuts, call_cost):
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_plan_is_optimal_and_covers_every_prompt(seed):
+def test_plan_matches_brute_force(seed):
     rng = np.random.default_rng(seed)
     lengths = sorted(int(x) for x in rng.integers(1, 129, size=int(rng.integers(1, 12))))
     call_cost = int(rng.choice([0, 16, 64]))
     tiers = plan_prefill_tiers(lengths, PROMPT_BUCKETS, BATCH_BUCKETS, call_cost=call_cost)
 
-    assert tiers[0].start == 0 and tiers[-1].stop == len(lengths)
+    assert tiers[0].start == 0
+    assert tiers[-1].stop == len(lengths)
     assert all(a.stop == b.start for a, b in itertools.pairwise(tiers))
     for tier in tiers:
         assert tier.slots == bucket(lengths[tier.stop - 1], PROMPT_BUCKETS)
@@ -50,18 +51,18 @@ def test_plan_is_optimal_and_covers_every_prompt(seed):
     assert planned == brute
 
 
-def test_short_prompts_leave_the_long_prompt_tier():
+def test_short_prompts_get_own_tier():
     # 7 short prompts and one long one: one tier would pad all 8 rows to 128 slots (1024).
     tiers = plan_prefill_tiers([10, 11, 12, 12, 13, 14, 15, 120], PROMPT_BUCKETS, BATCH_BUCKETS, call_cost=16)
     assert [(t.start, t.stop, t.rows, t.slots) for t in tiers] == [(0, 7, 8, 16), (7, 8, 1, 128)]
 
 
-def test_call_cost_keeps_similar_prompts_together():
+def test_call_cost_merges_similar_prompts():
     tiers = plan_prefill_tiers([30, 40, 50, 60], PROMPT_BUCKETS, BATCH_BUCKETS, call_cost=1000)
     assert [(t.start, t.stop) for t in tiers] == [(0, 4)]
 
 
-def test_rejects_unsorted_and_too_long():
+def test_plan_rejects_bad_lengths():
     with pytest.raises(ValueError, match="sorted ascending"):
         plan_prefill_tiers([5, 3], PROMPT_BUCKETS, BATCH_BUCKETS, call_cost=0)
     with pytest.raises(ValueError, match="prompt length 200 exceeds the largest prompt bucket 128"):

@@ -71,13 +71,12 @@ class SamplerConfig:
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     max_top_k: int = 256  # candidates considered when top-k or top-p is on
     min_shared_prefix: int = 32  # prompts scored together share at least this many tokens to share a prefill
-    # Dtype of the weight matrices in the sampler's copy and of the KV cache, multiplied in it with
-    # fp32 accumulation. None keeps the model's compute dtype. "bfloat16" under fp32 compute runs
-    # 1.5x faster at batch 8 and 32 on a 2-core AVX512-BF16 CPU (docs/benchmarks_sampler.md);
-    # log-probs then differ from the fp32 trainer's by bf16 rounding.
+    # Dtype of the sampler's weight matrices and KV cache, with fp32 accumulation (None: the model's
+    # compute dtype). bfloat16 samples 1.5x faster at batch 8 and 32 on an AVX512-BF16 CPU, but its
+    # log-probs then differ from the fp32 trainer's by bf16 rounding (docs/benchmarks_sampler.md).
     matmul_dtype: str | None = None
-    # Prefill a batch's prompts in tiers of similar length instead of all padded to the longest
-    # (`prefill_plan.py`); a tier costs this many token positions more than its padded size.
+    # Prefill prompts in tiers of similar length rather than all padded to the longest one
+    # (`prefill_plan.py`). Each tier counts as this many token positions more than its padded size.
     prefill_tiers: bool = True
     prefill_call_cost: int = 64
 
@@ -207,7 +206,7 @@ class Sampler:
         return decode_logits(cfg, weights, hidden[:, -1], self._matmul_dtype), cache
 
     def _empty_impl(self, *, rows: int, cache_length: int):
-        """A zeroed cache [rows, ..., cache_length, ...] and logits [rows, V] for tiers to fill."""
+        """Return a zeroed cache [rows, ..., cache_length, ...] and logits [rows, V] for tiers to fill."""
         self.compile_count += 1
         cache = init_cache(self.model_config, rows, cache_length, self._matmul_dtype)
         return cache, jnp.zeros((rows, self.vocab_size), jnp.float32)
@@ -221,7 +220,7 @@ class Sampler:
         slots = slice(offset, offset + tier_cache.length)
 
         def put(big, small):
-            return big.at[rows, :, slots].set(small.astype(big.dtype), mode="drop")
+            return big.at[rows, :, slots].set(small, mode="drop")
 
         placed = KVCache(tuple(map(put, cache.k, tier_cache.k)), tuple(map(put, cache.v, tier_cache.v)))
         return placed, logits.at[rows].set(tier_logits, mode="drop")
@@ -298,9 +297,9 @@ class Sampler:
             return (carry["step"] < steps) & ~jnp.all(carry["done"])
 
         def body(carry):
-            # Feed the last chosen token, then choose the next. The loop ends before a forward
-            # whose logits nobody would read, with no `lax.cond` around the forward: a branch
-            # that passes the cache through costs a copy of it at every step on CPU.
+            # Feed the last chosen token, then choose the next, so the loop ends before a forward
+            # whose logits would go unread. A `lax.cond` around the forward would do the same, but
+            # its branches pass the cache through, and XLA on CPU then copies it at every step.
             fed = carry["step"] - 1
             token = carry["tokens"][:, fed]
             kv = carry["kv_valid"].at[:, prompt_slots + fed].set(True)
@@ -479,8 +478,8 @@ class Sampler:
         """Prefill left-padded prompts tokens [U, P]; return last-position logits [U, V] and a cache.
 
         With `prefill_tiers`, prompts of similar length are prefilled together, each tier padded
-        only to its own bucket, and its cache is placed at the end of the rows' P prompt slots:
-        the same cache as one prefill of all rows, for less padded work.
+        only to its own bucket. Each tier's cache is placed at the end of its rows' P prompt
+        slots, which gives the same cache as one prefill of all rows for less padded work.
         """
         cfg = self.config
         weights = self._require_weights()
@@ -542,9 +541,10 @@ class Sampler:
         unique_rows = _bucket(len(prompt_ids), cfg.batch_buckets, "prompts per batch")
         batch = _bucket(len(rows), cfg.batch_buckets, "rows per batch")
 
-        tokens, valid = _left_padded([encoded[p] for p in prompt_ids], unique_rows, prompt_slots, self.pad_id)
+        sequences = [encoded[p] for p in prompt_ids]
+        tokens, valid = _left_padded(sequences, unique_rows, prompt_slots, self.pad_id)
         slot_of = {p: slot for slot, p in enumerate(prompt_ids)}
-        logits, cache = self._prefill_prompts([encoded[p] for p in prompt_ids], tokens, valid, cache_length)
+        logits, cache = self._prefill_prompts(sequences, tokens, valid, cache_length)
 
         row_to_prompt = np.zeros((batch,), np.int32)
         temperature = np.zeros((batch,), np.float32)

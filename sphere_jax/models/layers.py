@@ -112,7 +112,29 @@ def project(spec: str, x: jax.Array, kernel: jax.Array) -> jax.Array:
     activations (a sampler's `matmul_dtype`), only the product's inputs are rounded to bf16; the
     result, and the norms, rotary embedding and attention around it, stay fp32.
     """
-    return jnp.einsum(spec, x.astype(kernel.dtype), kernel, preferred_element_type=x.dtype)
+    return matmul(spec, x, kernel, x.dtype)
+
+
+def matmul(spec: str, x: jax.Array, kernel: jax.Array, out_dtype: jnp.dtype) -> jax.Array:
+    """Return einsum(spec, x, kernel) with x cast to the kernel's dtype, accumulated in `out_dtype`.
+
+    x's first axis must be a batch axis of the output. A half-precision product of one row
+    runs on two rows. For one row, XLA on CPU converts the whole bf16 kernel to fp32 on every
+    call: an LM head [896, 151936] then takes 175 ms, against 19.5 ms for two rows.
+    """
+    one_row = jnp.dtype(kernel.dtype).itemsize < 4 and _rows(spec, x, kernel) == 1
+    if one_row:
+        x = jnp.concatenate([x, jnp.zeros_like(x)], axis=0)
+    out = jnp.einsum(spec, x.astype(kernel.dtype), kernel, preferred_element_type=out_dtype)
+    return out[:1] if one_row else out
+
+
+def _rows(spec: str, x: jax.Array, kernel: jax.Array) -> int:
+    """Return the number of rows of x in the product `spec`: x's size over its contracted axes' sizes."""
+    x_axes, kernel_axes = spec.split("->")[0].split(",")
+    output_axes = spec.split("->")[1]
+    contracted = [axis for axis in x_axes if axis.isalpha() and axis not in output_axes]
+    return x.size // math.prod(kernel.shape[kernel_axes.index(axis)] for axis in contracted)
 
 
 def swiglu(x: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array) -> jax.Array:

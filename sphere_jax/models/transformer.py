@@ -283,8 +283,8 @@ def decode_logits(cfg: ModelConfig, weights: DecodeWeights, hidden: jax.Array, m
     hidden = hidden.astype(dtype)
     if weights.lm_head is None:
         # Contract with the embedding's embed axis directly: no transposed copy of the table.
-        return jnp.einsum("be,ve->bv", hidden, weights.embed.astype(dtype), preferred_element_type=jnp.float32)
-    return jnp.einsum("be,ev->bv", hidden, weights.lm_head.astype(dtype), preferred_element_type=jnp.float32)
+        return layers.matmul("be,ve->bv", hidden, weights.embed.astype(dtype), jnp.float32)
+    return layers.matmul("be,ev->bv", hidden, weights.lm_head.astype(dtype), jnp.float32)
 
 
 def logical_axes(model: nnx.Module) -> Any:

@@ -12,7 +12,7 @@ from sphere_jax.models import layers
 
 
 def _reference(spec: str, x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """The product in fp64 of x rounded to bf16 and the bf16 kernel."""
+    """Return the product in fp64 of x rounded to bf16 and the bf16 kernel."""
     rounded = x.astype(ml_dtypes.bfloat16).astype(np.float64)
     return np.einsum(spec, rounded, kernel.astype(np.float64))
 
@@ -43,3 +43,10 @@ def test_one_row_kernel_stays_bf16():
     kernel = jnp.ones((64, 300), jnp.bfloat16)
     compiled = jax.jit(lambda x, k: layers.matmul("be,ev->bv", x, k, jnp.float32)).lower(x, kernel).compile()
     assert "f32[64,300]" not in compiled.as_text()
+
+
+def test_one_row_spec_without_leading_batch_axis_raises():
+    x = jnp.ones((64, 1), jnp.float32)
+    kernel = jnp.ones((64, 300), jnp.bfloat16)
+    with pytest.raises(ValueError, match="first axis must also lead the output"):
+        layers.matmul("eb,ev->bv", x, kernel, jnp.float32)

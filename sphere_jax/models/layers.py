@@ -124,6 +124,10 @@ def matmul(spec: str, x: jax.Array, kernel: jax.Array, out_dtype: jnp.dtype) -> 
     """
     one_row = jnp.dtype(kernel.dtype).itemsize < 4 and _rows(spec, x, kernel) == 1
     if one_row:
+        if spec[0] != spec.split("->")[1][0]:
+            raise ValueError(
+                f"matmul spec {spec!r}: x's first axis must also lead the output, because a one-row x is padded on it"
+            )
         x = jnp.concatenate([x, jnp.zeros_like(x)], axis=0)
     out = jnp.einsum(spec, x.astype(kernel.dtype), kernel, preferred_element_type=out_dtype)
     return out[:1] if one_row else out

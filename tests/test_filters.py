@@ -17,7 +17,7 @@ def test_greedy_tokens_equal_argmax(vocab):
     assert np.array_equal(np.asarray(greedy_tokens(jnp.asarray(logits))), logits.argmax(axis=-1))
 
 
-def test_greedy_tokens_take_the_first_of_tied_maxima():
+def test_greedy_tokens_first_tied_maximum():
     rng = np.random.default_rng(0)
     logits = rng.integers(0, 3, size=(16, 4096)).astype(np.float32)  # many ties at the maximum
     logits[3] = 1.0  # a row with every entry tied

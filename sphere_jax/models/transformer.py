@@ -279,8 +279,7 @@ def cached_hidden_states(
 
 def decode_logits(cfg: ModelConfig, weights: DecodeWeights, hidden: jax.Array, matmul_dtype: Any = None) -> jax.Array:
     """Project hidden states [B, E] onto the vocabulary; return fp32 logits [B, V]."""
-    dtype = matmul_dtype or cfg.compute_jnp_dtype
-    hidden = hidden.astype(dtype)
+    dtype = matmul_dtype or cfg.compute_jnp_dtype  # layers.matmul casts hidden to it
     if weights.lm_head is None:
         # Contract with the embedding's embed axis directly: no transposed copy of the table.
         return layers.matmul("be,ve->bv", hidden, weights.embed.astype(dtype), jnp.float32)

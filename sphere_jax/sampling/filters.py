@@ -23,13 +23,13 @@ def _first_index_above(cumulative: jax.Array, target: jax.Array) -> jax.Array:
 def greedy_tokens(logits: jax.Array) -> jax.Array:
     """Return the first index of each row's maximum in logits [B, V], as `argmax` does: [B] int32.
 
-    Two levels again: block maxima, the first block that contains the row maximum, then the
-    first index in it. On a 2-core CPU, for [32, 151936], this takes about 0.7 ms, against 6.9 ms
-    for `top_k(logits, 1)` and 10 ms for `argmax`, whose single pass carries both value and index.
+    Like the sampling below, this works in two levels: block maxima, the first block that
+    contains the row maximum, then the first index in it. Measured on a 2-core CPU for [32,
+    151936]: about 0.7 ms, against 6.9 ms for `top_k(logits, 1)` and 10 ms for `argmax`.
     """
     batch, vocab = logits.shape
     width = next(w for w in (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1) if vocab % w == 0)
-    blocks = logits.reshape(batch, vocab // width, width)  # a view: the width divides the vocabulary
+    blocks = logits.reshape(batch, vocab // width, width)  # a free reshape, because the width divides the vocabulary
     block_peaks = blocks.max(axis=-1)  # [B, blocks]
     peak = block_peaks.max(axis=-1, keepdims=True)  # [B, 1]
     block = jnp.argmax(block_peaks == peak, axis=-1)  # the first block that contains the maximum

@@ -25,15 +25,16 @@ class KVCache(NamedTuple):
     """Dense keys and values, one buffer per layer, written in place at one slot offset for all rows.
 
     Separate buffers let every decode step update each layer's slot in place. One stacked buffer,
-    updated inside a layer loop, is copied whole on CPU.
+    updated inside a layer loop, is copied whole on CPU. fp32 keys are stored slots-last
+    (`layers.keys_slots_last`).
     """
 
-    k: tuple[jax.Array, ...]  # layers x [batch, kv_heads, cache_length, head_dim]
+    k: tuple[jax.Array, ...]  # layers x [batch, kv_heads, cache_length, head_dim]; fp32: [b, k, head_dim, cache_length]
     v: tuple[jax.Array, ...]  # layers x [batch, kv_heads, cache_length, head_dim]
 
     @property
     def length(self) -> int:
-        return self.k[0].shape[2]
+        return self.v[0].shape[2]
 
     def take_rows(self, rows: jax.Array) -> KVCache:
         """Return the cache of rows `rows` [B'] (prefix fan-out copies one prompt into n rows)."""
@@ -47,7 +48,8 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> 
     """Allocate a zeroed cache for `batch` rows of `length` slots."""
     dtype = dtype or cfg.compute_jnp_dtype
     shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
-    layers_k = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, length) if layers.keys_slots_last(dtype) else shape
+    layers_k = tuple(jnp.zeros(k_shape, dtype) for _ in range(cfg.num_layers))
     layers_v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
     return KVCache(layers_k, layers_v)
 
@@ -214,7 +216,7 @@ def _block(
     cos: jax.Array,  # [B, T, D]
     sin: jax.Array,  # [B, T, D]
     mask: jax.Array,  # [B, T, S] bool
-    cache_k: jax.Array | None = None,  # [B, K, S, D]
+    cache_k: jax.Array | None = None,  # [B, K, S, D], or [B, K, D, S] for fp32 keys
     cache_v: jax.Array | None = None,  # [B, K, S, D]
     cache_offset: jax.Array | int = 0,
     matmul_dtype: Any = None,
@@ -236,12 +238,15 @@ def _block(
     q = layers.apply_rope(q, cos, sin)
     k = layers.apply_rope(k, cos, sin).transpose(0, 2, 1, 3)  # [B, K, T, D]
     v = v.transpose(0, 2, 1, 3)
+    slots_last = cache_k is not None and layers.keys_slots_last(cache_k.dtype)
     if cache_k is not None:
         start = (0, 0, cache_offset, 0)
-        cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
+        k_start = (0, 0, 0, cache_offset) if slots_last else start
+        k_slots = k.swapaxes(2, 3) if slots_last else k  # [B, K, D, T] or [B, K, T, D]
+        cache_k = jax.lax.dynamic_update_slice(cache_k, k_slots.astype(cache_k.dtype), k_start)
         cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
         k, v = cache_k, cache_v  # attention reads a narrower cache in its own dtype
-    attended = layers.grouped_query_attention(q, k, v, mask)
+    attended = layers.grouped_query_attention(q, k, v, mask, keys_slots_last=slots_last)
     x = x + layers.project("bthd,hde->bte", attended, p["o"])
     h = layers.rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
     x = x + layers.swiglu(h, p["gate"], p["up"], p["down"])

@@ -29,7 +29,7 @@ class KVCache(NamedTuple):
     (`layers.keys_slots_last`).
     """
 
-    k: tuple[jax.Array, ...]  # layers x [batch, kv_heads, cache_length, head_dim]; fp32: [b, k, head_dim, cache_length]
+    k: tuple[jax.Array, ...]  # layers x [batch, kv_heads, cache_length, head_dim], fp32 ones [.., head_dim, cache_length]
     v: tuple[jax.Array, ...]  # layers x [batch, kv_heads, cache_length, head_dim]
 
     @property

@@ -112,8 +112,8 @@ def grouped_query_attention(
         return out.reshape(batch, 1, heads, head_dim)
     q = q.reshape(batch, length, kv_heads, groups, head_dim)
     if keys_slots_last:
-        # Queries heads-first too, [B, K, G, T, D]: with [B, T, K, G, D] queries against slots-last
-        # keys, XLA on CPU raises "Unsupported element type" at run time for bf16 x bf16 -> fp32.
+        # Queries go heads-first too, [B, K, G, T, D]. With [B, T, K, G, D] queries against
+        # slots-last keys, XLA on CPU raises "Unsupported element type" for bf16 x bf16 -> fp32.
         scores = jnp.einsum("bkgtd,bkds->bkgts", q.transpose(0, 2, 3, 1, 4), k, preferred_element_type=jnp.float32)
     else:
         scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)

@@ -29,12 +29,29 @@ class KVCache(NamedTuple):
     (`layers.keys_slots_last`).
     """
 
-    k: tuple[jax.Array, ...]  # layers x [batch, kv_heads, cache_length, head_dim], fp32 ones [.., head_dim, cache_length]
+    k: tuple[jax.Array, ...]  # layers x [batch, kv_heads, cache_length, head_dim], fp32 keys [.., head_dim, cache_length]
     v: tuple[jax.Array, ...]  # layers x [batch, kv_heads, cache_length, head_dim]
 
     @property
     def length(self) -> int:
         return self.v[0].shape[2]
+
+    def write(self, part: KVCache, rows: jax.Array, offset: int) -> KVCache:
+        """Return this cache with `part` written at rows `rows` [R] and slots [offset, offset + part.length).
+
+        Rows whose index is out of range are dropped (the padding rows of a prefill tier).
+        """
+        slots = slice(offset, offset + part.length)
+
+        def put_k(full, new):
+            if layers.keys_slots_last(full.dtype):
+                return full.at[rows, :, :, slots].set(new, mode="drop")
+            return full.at[rows, :, slots].set(new, mode="drop")
+
+        def put_v(full, new):
+            return full.at[rows, :, slots].set(new, mode="drop")
+
+        return KVCache(tuple(map(put_k, self.k, part.k)), tuple(map(put_v, self.v, part.v)))
 
     def take_rows(self, rows: jax.Array) -> KVCache:
         """Return the cache of rows `rows` [B'] (prefix fan-out copies one prompt into n rows)."""

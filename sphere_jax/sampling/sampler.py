@@ -20,7 +20,6 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sphere_jax.models.layers import keys_slots_last
 from sphere_jax.models.transformer import (
     DecodeWeights,
     KVCache,
@@ -218,17 +217,7 @@ class Sampler:
         Padding rows of the tier carry an out-of-range row index and are dropped.
         """
         self.compile_count += 1
-        slots = slice(offset, offset + tier_cache.length)
-
-        def put(big, small):  # [B, K, S, D]
-            return big.at[rows, :, slots].set(small, mode="drop")
-
-        def put_k(big, small):  # [B, K, D, S] or [B, K, S, D]
-            if keys_slots_last(big.dtype):
-                return big.at[rows, :, :, slots].set(small, mode="drop")
-            return put(big, small)
-
-        placed = KVCache(tuple(map(put_k, cache.k, tier_cache.k)), tuple(map(put, cache.v, tier_cache.v)))
+        placed = cache.write(tier_cache, rows, offset)
         return placed, logits.at[rows].set(tier_logits, mode="drop")
 
     def _fan_out_impl(self, cache: KVCache, logits, valid, row_to_prompt):
